@@ -1,0 +1,366 @@
+"""The schema: the one MetaData, Alembic's target and the only source of table definitions.
+
+Columns keep the API's field names. Money is integer fen (分) in ``bigint``; ids are ``bigint``
+where the API types them Number and ``text`` where it types them String; times are
+``timestamptz`` (the API's China-time strings read as Asia/Shanghai); decimal strings are
+``numeric``; JSON-in-string fields are ``jsonb`` (NULL when unparseable) next to a ``*_raw``
+``text`` column holding the text exactly as received. Each column's comment says what it means,
+with the API page's Chinese term, and is stored in the database too (``\\d+ table`` in psql).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = sa.MetaData(naming_convention=NAMING)
+
+TZ = sa.DateTime(timezone=True)
+
+
+def c(name: str, type_: Any, comment: str, *args: Any, **kw: Any) -> sa.Column[Any]:
+    """A nullable column with its data-dictionary comment."""
+    kw.setdefault("nullable", not kw.get("primary_key", False))
+    kw.setdefault("autoincrement", False)  # API ids are given, not generated
+    return sa.Column(name, type_, *args, comment=comment, **kw)
+
+
+def fen(name: str, comment: str) -> sa.Column[Any]:
+    return c(name, sa.BigInteger, f"{comment} (fen, 1/100 yuan)")
+
+
+def json_pair(name: str, comment: str) -> list[sa.Column[Any]]:
+    """A JSON-in-string field: parsed ``jsonb`` (NULL if unparseable) + the text as received."""
+    return [
+        c(name, JSONB, f"{comment}; parsed from the JSON text (NULL when unparseable)"),
+        c(f"{name}_raw", sa.Text, f"{comment}; the text exactly as received"),
+    ]
+
+
+def bookkeeping() -> list[sa.Column[Any]]:
+    """Columns every parent (order) table carries."""
+    now = sa.text("now()")
+    return [
+        c("raw", JSONB, "the order exactly as received (simplified shape)", nullable=False),
+        c("payload_hash", sa.Text, "sha256 of the canonical payload", nullable=False),
+        c("unknown_fields", sa.ARRAY(sa.Text), "fields the schema does not know yet (in raw)"),
+        c(
+            "first_synced_at",
+            TZ,
+            "when etl first stored the order",
+            nullable=False,
+            server_default=now,
+        ),
+        c("synced_at", TZ, "when etl last received the order", nullable=False, server_default=now),
+        c(
+            "changed_at",
+            TZ,
+            "when the stored content last changed",
+            nullable=False,
+            server_default=now,
+        ),
+        c("fetched_at", TZ, "when the payload now stored was fetched", nullable=False),
+    ]
+
+
+def fk(column: str, target: str, comment: str, type_: Any) -> sa.Column[Any]:
+    return c(column, type_, comment, sa.ForeignKey(target, ondelete="CASCADE"), nullable=False)
+
+
+# ---------------------------------------------------------------------------- alibaba.wdk.order.get
+
+wdk_orders = sa.Table(
+    "wdk_orders",
+    metadata,
+    c(
+        "biz_order_id",
+        sa.BigInteger,
+        "order id in the middle platform (业务订单号)",
+        primary_key=True,
+    ),
+    c("tb_biz_order_id", sa.BigInteger, "Taobao main order id (淘宝主订单号)"),
+    c("out_order_id", sa.Text, "channel / external order id (外部订单号)"),
+    c("store_id", sa.Text, "store code (门店编码)"),
+    c("shop_id", sa.Text, "channel shop id (渠道店id)"),
+    c("out_shop_id", sa.Text, "external store id (外部门店id)"),
+    c("merchant_code", sa.Text, "merchant code (merchantCode)"),
+    c("order_from", sa.Integer, "channel source (渠道来源)"),
+    c("order_client", sa.Text, "app or pos (app或pos)"),
+    c("trd_type", sa.SmallInteger, "1 = sale, 2 = reverse / refund (销售类型)"),
+    c("order_status", sa.Text, "order status, e.g. PAID (orderStatus)"),
+    c("pay_time", TZ, "time of payment, read as China time (成交时间)"),
+    c("package_time", TZ, "time packed, read as China time (打包时间)"),
+    fen("original_amt", "goods total before discounts (商品总金额(优惠前))"),
+    fen("discount_amt", "goods discount total (商品优惠总额)"),
+    fen("member_discount_amt", "member price discount total (会员价优惠总金额)"),
+    fen("post_fee", "delivery fee (配送费)"),
+    fen("pay_amt", "amount paid (支付金额)"),
+    c("member_card_num", sa.Text, "member card number (会员卡号)"),
+    c("member_point", sa.Numeric, "member points (memberPoint), decimal"),
+    c("operator_id", sa.Text, "cashier id (收银员编号)"),
+    c("operator_name", sa.Text, "cashier name (收银员名字)"),
+    c("gift_coupon", sa.Text, "gift coupon as couponId_amountInFen (赠券)"),
+    c("duty_code", sa.Text, "a unique string (一串唯一的字符串)"),
+    c("open_uid", sa.Text, "buyer open_uid (买家open_uid)"),
+    *json_pair("trade_attributes", "order attributes map (trade_attributes)"),
+    *bookkeeping(),
+    sa.Index(None, "store_id", "pay_time"),
+    sa.Index(None, "order_status"),
+    sa.Index(None, "pay_time"),
+    sa.Index(None, "tb_biz_order_id"),
+    sa.Index(None, "out_order_id"),
+    comment="orders from alibaba.wdk.order.get, one row per biz_order_id",
+)
+
+wdk_pay_channels = sa.Table(
+    "wdk_pay_channels",
+    metadata,
+    fk(
+        "biz_order_id",
+        "wdk_orders.biz_order_id",
+        "the order paid (所属淘宝主订单号)",
+        sa.BigInteger,
+    ),
+    c("seq", sa.SmallInteger, "position in the order's pay_channels list, from 0", nullable=False),
+    c("order_channel", sa.Text, "sales channel / order source, e.g. APP|淘宝 (销售渠道)"),
+    fen("pay_amount", "amount paid through this channel (当前渠道付款金额)"),
+    c(
+        "pay_type",
+        sa.SmallInteger,
+        "payment type code (当前渠道付款类型); see report_pay_channel_mix",
+    ),
+    c("pos_no", sa.Text, "POS machine number (交易订单POS机器号)"),
+    c("store_id", sa.Text, "store code (门店编码)"),
+    c("trd_type", sa.SmallInteger, "1 = sale, 2 = reverse / refund (销售类型)"),
+    fen("actual_pay_amount", "amount actually paid after rounding (实付抹分金额)"),
+    fen("adjust_amount", "adjustment (adjustAmount)"),
+    c("promotion_card_info", sa.Text, "promotion card info (promotionCardInfo)"),
+    *json_pair("pay_attributes", "payment attributes map by pay_type (扩展属性)"),
+    fen("pmt_alipay_promotion_amt", "Alipay promotion (支付宝优惠金额)"),
+    fen("pmt_alipay_reduce_amt", "Alipay random reduction (支付宝随机立减金额)"),
+    fen("pmt_koubei_coupon_amt", "Koubei coupon discount (口碑券的优惠金额)"),
+    *json_pair("koubei_coupon_info", "Koubei coupons, a JSON array (口碑优惠信息)"),
+    sa.PrimaryKeyConstraint("biz_order_id", "seq"),
+    comment="payments of wdk_orders, one row per entry of the order's pay_channels",
+)
+
+wdk_sub_orders = sa.Table(
+    "wdk_sub_orders",
+    metadata,
+    c("biz_order_id", sa.BigInteger, "sub-order id (业务子订单id)", primary_key=True),
+    fk("order_biz_order_id", "wdk_orders.biz_order_id", "the order it came in", sa.BigInteger),
+    c("seq", sa.SmallInteger, "position in the order's sub_orders list, from 0", nullable=False),
+    c("parent_id", sa.BigInteger, "parent order id as sent (父订单id)"),
+    c("tb_biz_order_id", sa.BigInteger, "Taobao sub-order id (淘宝子订单号)"),
+    c("out_order_id", sa.Text, "external order id (外部订单号)"),
+    c("store_id", sa.Text, "store code (门店编码)"),
+    c("trd_type", sa.SmallInteger, "1 = sale, 2 = reverse / refund (销售类型)"),
+    c("order_type", sa.Text, "COMMON or GIFT (子订单类型)"),
+    c("order_status", sa.Text, "sub-order status (子订单的状态)"),
+    c("item_code", sa.BigInteger, "item id (商品id)"),
+    c("sku_code", sa.Text, "item sku code (商品skuCode)"),
+    c("out_sku_code", sa.Text, "external sku code (外部skucode)"),
+    fen("price", "item list price (商品原价)"),
+    c("quantity", sa.Numeric, "quantity bought (购买数量)"),
+    c("sell_unit", sa.Text, "unit of weighed goods, e.g. kg (非标品销售单位)"),
+    c("ns_quantity", sa.Numeric, "quantity of weighed goods (非标品购买数量), decimal"),
+    c("stock_unit", sa.Text, "stock unit (库存单位)"),
+    c("sale_unit", sa.Text, "sales unit (销售单位)"),
+    c("pick_amount_stock", sa.Numeric, "quantity picked in stock units (库存单位拣货数量)"),
+    c("buy_amount_stock", sa.Numeric, "quantity bought in stock units (库存单位购买数量)"),
+    fen("original_amt", "sale: quantity x list price; refund: amount refunded (售价金额/退款金额)"),
+    fen("promotion_discount_amt", "promotion discount total (促销优惠总金额)"),
+    fen("member_discount_amt", "member price discount (会员价优惠金额)"),
+    fen("share_discount_amt", "other shared discounts (其它分摊优惠金额)"),
+    fen(
+        "txd_pmt_amt", "platform-funded part of Taoxianda coupons (淘鲜达平台优惠券中平台出资金额)"
+    ),
+    fen("pick_amt", "amount picked (拣货金额)"),
+    c("member_point", sa.Numeric, "member points (memberPoint), decimal"),
+    *json_pair("promotion_info", "promotions applied, a JSON array (促销信息)"),
+    *json_pair("status_change_time", "status -> time map (statusChangeTime)"),
+    *json_pair("trade_sub_attributes", "sub-order attributes map (tradeSubAttributes)"),
+    sa.Index(None, "order_biz_order_id"),
+    sa.Index(None, "item_code"),
+    comment="line items of wdk_orders, one row per sub-order",
+)
+
+# ------------------------------------------------------------------------ alibaba.omni.order.query
+
+omni_orders = sa.Table(
+    "omni_orders",
+    metadata,
+    c("order_id", sa.Text, "order id (订单号)", primary_key=True),
+    c("user_id", sa.Text, "guide id the order was queried with (导购员id)"),
+    c("alipay_order_id", sa.Text, "Alipay order id (支付宝订单号)"),
+    c("out_order_id", sa.Text, "external order id (外部订单号)"),
+    c("o2o_guide_id", sa.BigInteger, "shopping guide id (导购员Id)"),
+    c("o2o_guide_name", sa.Text, "shopping guide nickname (导购员昵称)"),
+    c("o2o_shop_id", sa.Text, "shop id (门店Id)"),
+    c("o2o_shop_name", sa.Text, "shop name (门店名称)"),
+    c("item_id", sa.BigInteger, "item id (商品Id)"),
+    c("item_title", sa.Text, "item title (商品标题)"),
+    c("sku_id", sa.Text, "sku id (skuId)"),
+    c("sku_properties_name", sa.Text, "sku details (sku详情)"),
+    c("contract_price", sa.BigInteger, "contract amount (合同金额), unit as received"),
+    c("total_fee", sa.BigInteger, "total price (总价), unit as received"),
+    c("voucher_price", sa.BigInteger, "discount amount (优惠金额), unit as received"),
+    c("pay_status", sa.Integer, "payment status (支付状态)"),
+    c("can_close", sa.Boolean, "whether the order can be closed (canClose)"),
+    c("promotion_id", sa.BigInteger, "promotion_info.promotion_id (promotionId)"),
+    c("promotion_amount", sa.BigInteger, "promotion_info.promotion_amount, unit as received"),
+    c("promotion_type", sa.Integer, "0 = store coupon, 1 = paid coupon (门店优惠券/有价优惠券)"),
+    c("promotion_order_id", sa.BigInteger, "promotion_info.promotion_order_id"),
+    c("promotion_buy_amount", sa.BigInteger, "promotion_info.promotion_buy_amount"),
+    *bookkeeping(),
+    sa.Index(None, "o2o_shop_id"),
+    sa.Index(None, "o2o_guide_id"),
+    sa.Index(None, "pay_status"),
+    comment="guide-sold orders from alibaba.omni.order.query, one row per order_id",
+)
+
+omni_subpay_orders = sa.Table(
+    "omni_subpay_orders",
+    metadata,
+    c("subpay_order_id", sa.BigInteger, "sub-payment order id (子支付订单号)", primary_key=True),
+    fk("order_id", "omni_orders.order_id", "the order it belongs to", sa.Text),
+    c("seq", sa.SmallInteger, "position in subpay_order_list, from 0", nullable=False),
+    c("step_no", sa.Integer, "stage number (阶段号)"),
+    c("pay_status", sa.Integer, "sub-order payment status (子订单支付状态)"),
+    c("pay_type", sa.Integer, "payment type (支付类型)"),
+    c("total_fee", sa.BigInteger, "stage total (该阶段总金额), unit as received"),
+    c("disburse_status", sa.Text, "whether funds arrived (资金是否到账)"),
+    sa.Index(None, "order_id"),
+    comment="staged payments of omni_orders (subpay_order_list)",
+)
+
+omni_pay_serials = sa.Table(
+    "omni_pay_serials",
+    metadata,
+    fk("order_id", "omni_orders.order_id", "the order it belongs to", sa.Text),
+    c("seq", sa.SmallInteger, "position in pay_order_serial_infos, from 0", nullable=False),
+    c("pay_serial_no", sa.Text, "card payment serial (刷卡流水)"),
+    c("step_no", sa.Integer, "stage number (阶段号)"),
+    c("batch_no", sa.BigInteger, "card batch (刷卡批次)"),
+    c("paid_money", sa.BigInteger, "amount paid (支付金额), unit as received"),
+    c("pay_time", TZ, "time paid, read as China time (支付时间)"),
+    c("sync_time", TZ, "time synced by the acquirer, China time (通联同步时间)"),
+    c("pay_type", sa.Integer, "1 = card, 2 = Alipay (支付类型)"),
+    c("pay_status", sa.Integer, "0 = pending, 1 = success (支付状态)"),
+    sa.PrimaryKeyConstraint("order_id", "seq"),
+    comment="payment serials of omni_orders (pay_order_serial_infos)",
+)
+
+# --------------------------------------------------------------------------------------- operations
+
+QUEUE_STATES = ("pending", "leased", "done", "not_found", "failed", "dead")
+
+sync_queue = sa.Table(
+    "sync_queue",
+    metadata,
+    c("id", sa.BigInteger, "row id", primary_key=True, autoincrement=True),
+    c("api", sa.Text, "wdk or omni", nullable=False),
+    c("id_kind", sa.Text, "wdk: biz, tb_biz or out_order; omni: omni", nullable=False),
+    c("key", sa.Text, "the id; omni: user_id,order_id,out_order_id", nullable=False),
+    c(
+        "state",
+        sa.Text,
+        "pending, leased, done, not_found, failed or dead",
+        nullable=False,
+        server_default="pending",
+    ),
+    c("attempts", sa.Integer, "failed fetches so far", nullable=False, server_default="0"),
+    c(
+        "not_found_checks",
+        sa.Integer,
+        "times the platform said not found",
+        nullable=False,
+        server_default="0",
+    ),
+    c(
+        "next_attempt_at",
+        TZ,
+        "not to be claimed before this",
+        nullable=False,
+        server_default=sa.text("now()"),
+    ),
+    c("leased_until", TZ, "lease expiry while state = leased"),
+    c("leased_by", sa.Text, "worker holding the lease (host:pid)"),
+    c("last_error_class", sa.Text, "class of the last error (etl.errors)"),
+    c("last_error", sa.Text, "message of the last error"),
+    c("run_id", sa.BigInteger, "sync_runs.id of the run that last touched the row"),
+    c("enqueued_at", TZ, "first enqueued", nullable=False, server_default=sa.text("now()")),
+    c("updated_at", TZ, "last state change", nullable=False, server_default=sa.text("now()")),
+    c("done_at", TZ, "when it reached done / not_found / dead"),
+    sa.UniqueConstraint("api", "id_kind", "key"),
+    sa.CheckConstraint(
+        "state IN ('pending', 'leased', 'done', 'not_found', 'failed', 'dead')", name="state"
+    ),
+    sa.CheckConstraint("api IN ('wdk', 'omni')", name="api"),
+    sa.Index(None, "state", "next_attempt_at"),
+    comment="ids to fetch: one row per (api, id kind, key)",
+)
+
+sync_runs = sa.Table(
+    "sync_runs",
+    metadata,
+    c("id", sa.BigInteger, "run id", primary_key=True, autoincrement=True),
+    c("kind", sa.Text, "worker, sync, backfill, replay or demo", nullable=False),
+    c(
+        "status",
+        sa.Text,
+        "running, ok, failed or interrupted",
+        nullable=False,
+        server_default="running",
+    ),
+    c("started_at", TZ, "start", nullable=False, server_default=sa.text("now()")),
+    c("ended_at", TZ, "end (NULL while running)"),
+    c("host", sa.Text, "host:pid of the process"),
+    c("ids_claimed", sa.Integer, "queue rows claimed", nullable=False, server_default="0"),
+    c("api_calls", sa.Integer, "platform calls made", nullable=False, server_default="0"),
+    c("retries", sa.Integer, "calls retried", nullable=False, server_default="0"),
+    c("bans", sa.Integer, "flow-control bans met", nullable=False, server_default="0"),
+    c(
+        "orders_inserted",
+        sa.Integer,
+        "orders new to the tables",
+        nullable=False,
+        server_default="0",
+    ),
+    c(
+        "orders_updated",
+        sa.Integer,
+        "orders whose content changed",
+        nullable=False,
+        server_default="0",
+    ),
+    c(
+        "orders_unchanged",
+        sa.Integer,
+        "orders received unchanged",
+        nullable=False,
+        server_default="0",
+    ),
+    c(
+        "orders_stale",
+        sa.Integer,
+        "payloads older than the stored one",
+        nullable=False,
+        server_default="0",
+    ),
+    c("not_found", sa.Integer, "ids the platform did not know", nullable=False, server_default="0"),
+    c("failed", sa.Integer, "ids that failed in this run", nullable=False, server_default="0"),
+    c("error", sa.Text, "why the run failed, if it did"),
+    c("details", JSONB, "other counters (bad fields, unknown fields, ...)"),
+    sa.Index(None, "started_at"),
+    comment="one row per run of etl worker / sync / backfill / replay / demo",
+)

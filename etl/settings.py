@@ -1,0 +1,197 @@
+"""Typed settings, validated once at the edge.
+
+Precedence, lowest first: defaults < the TOML config file (``config/etl.toml``, or the path in
+``ETL_CONFIG`` / ``--config``) < ``ETL_*`` environment variables < command-line flags.
+
+Every setting ``name`` is read from the key ``name`` in the config file and from the environment
+variable ``ETL_NAME``. Secrets (the app secret, the session key and the database URL, which may
+carry a password) are held as :class:`pydantic.SecretStr` so they never show in a ``repr``, a log
+line or an error message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from etl import errors
+
+ENV_PREFIX = "ETL_"
+DEFAULT_CONFIG_PATH = Path("config/etl.toml")
+PRODUCTION_GATEWAY = "https://gw.api.taobao.com/router/rest"
+
+# The demo credentials: the simulator accepts these when none are configured, so a client and a
+# simulator started with the same (empty) environment talk to each other.
+DEMO_APP_KEY = "12345678"
+DEMO_APP_SECRET = "demo-app-secret"  # noqa: S105 - a documented demo value, not a secret
+DEMO_SESSION = "demo-session-key"
+
+SignMethod = Literal["md5", "hmac", "hmac-sha256"]
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("etl", appauthor=False))
+
+
+class Settings(BaseModel):
+    """All settings of etl; see ``config/etl.example.toml`` for each one's meaning."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    # --- database
+    database_url: SecretStr | None = Field(
+        None, description="PostgreSQL URL; unset = the embedded private cluster in data_dir"
+    )
+    data_dir: Path = Field(default_factory=default_data_dir, description="local state directory")
+    db_pool_size: int = Field(5, ge=1, le=100, description="connections kept per process")
+
+    # --- the platform
+    top_url: str = Field(
+        PRODUCTION_GATEWAY, pattern=r"^https?://\S+$", description="gateway URL (.../router/rest)"
+    )
+    top_app_key: str = Field(DEMO_APP_KEY, min_length=1, description="the app's key (app_key)")
+    top_app_secret: SecretStr = Field(
+        SecretStr(DEMO_APP_SECRET), description="the app's secret (signs every call)"
+    )
+    top_session: SecretStr = Field(
+        SecretStr(DEMO_SESSION), description="the seller's session key (authorisation token)"
+    )
+    top_sign_method: SignMethod = Field("hmac-sha256", description="md5, hmac or hmac-sha256")
+    top_simplify: bool = Field(True, description="ask for the simplified JSON shape")
+    top_qps: float = Field(10.0, gt=0, le=10_000, description="calls per second per app key")
+    top_timeout: float = Field(30.0, gt=0, le=600, description="read timeout, seconds")
+    top_connect_timeout: float = Field(15.0, gt=0, le=600, description="connect timeout, seconds")
+    top_max_attempts: int = Field(5, ge=1, le=50, description="tries per call, first included")
+    top_backoff_base: float = Field(0.5, gt=0, le=60, description="first backoff, seconds")
+    top_backoff_max: float = Field(30.0, gt=0, le=3600, description="longest backoff, seconds")
+    top_ban_threshold: float = Field(
+        60.0, ge=0, le=86_400, description="bans longer than this surface as RateLimited, seconds"
+    )
+
+    # --- batching
+    batch_size: int = Field(20, ge=1, le=1000, description="ids per alibaba.wdk.order.get call")
+    concurrency: int = Field(4, ge=1, le=256, description="platform calls in flight per process")
+
+    # --- logging
+    log_format: LogFormat = Field("text", description="text or json (one object per line)")
+    log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    def secrets(self) -> list[str]:
+        """The secret values, for log redaction (never print these)."""
+        values = [self.top_app_secret.get_secret_value(), self.top_session.get_secret_value()]
+        if self.database_url is not None:
+            url = self.database_url.get_secret_value()
+            values.append(url)
+            password = _url_password(url)
+            if password:
+                values.append(password)
+        return [v for v in values if v]
+
+    def database_url_redacted(self) -> str | None:
+        if self.database_url is None:
+            return None
+        return redact_url(self.database_url.get_secret_value())
+
+
+SECRET_FIELDS = frozenset(
+    name for name, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)
+)
+FIELD_NAMES = tuple(Settings.model_fields)
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def cli_flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _url_password(url: str) -> str | None:
+    m = re.match(r"^[a-zA-Z0-9+.-]+://[^:/@]*:([^@]*)@", url)
+    return m.group(1) if m else None
+
+
+def redact_url(url: str) -> str:
+    """``postgresql://u:secret@h/db`` → ``postgresql://u:***@h/db``."""
+    return re.sub(r"^([a-zA-Z0-9+.-]+://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+@dataclass(frozen=True)
+class _Value:
+    value: Any
+    source: str
+
+
+def _read_config_file(path: Path, explicit: bool) -> dict[str, _Value]:
+    if not path.exists():
+        if explicit:
+            raise errors.ConfigError(f"config file {path} does not exist")
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise errors.ConfigError(f"config file {path} cannot be read: {exc}") from exc
+    unknown = sorted(set(data) - set(FIELD_NAMES))
+    if unknown:
+        raise errors.ConfigError(
+            f"config file {path}: unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(FIELD_NAMES)}"
+        )
+    return {k: _Value(v, f"{k} in {path}") for k, v in data.items()}
+
+
+def _read_env(env: Mapping[str, str]) -> dict[str, _Value]:
+    out: dict[str, _Value] = {}
+    for field in FIELD_NAMES:
+        raw = env.get(env_name(field))
+        if raw is not None and raw.strip() != "":
+            out[field] = _Value(raw.strip(), env_name(field))
+    return out
+
+
+def _describe(field: str, source: str, value: Any, message: str) -> str:
+    shown = "(hidden)" if field in SECRET_FIELDS else repr(value)
+    return f"{source}={shown}: {message}"
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_path: Path | str | None = None,
+) -> Settings:
+    """Merge defaults < config file < environment < ``cli`` and validate the result.
+
+    Raises :class:`errors.ConfigError` naming every bad setting, where it came from and what is
+    wrong with it.
+    """
+    env = os.environ if env is None else env
+    explicit = config_path is not None or bool(env.get("ETL_CONFIG", "").strip())
+    path = Path(config_path or env.get("ETL_CONFIG", "").strip() or DEFAULT_CONFIG_PATH)
+    merged = _read_config_file(path, explicit)
+    merged.update(_read_env(env))
+    for field, value in (cli or {}).items():
+        if field not in FIELD_NAMES:
+            raise errors.ConfigError(f"unknown setting {field!r}")
+        if value is not None:
+            merged[field] = _Value(value, cli_flag(field))
+    try:
+        return Settings.model_validate({k: v.value for k, v in merged.items()})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            given = merged.get(field)
+            source = given.source if given else f"{field} (default)"
+            problems.append(_describe(field, source, given.value if given else None, err["msg"]))
+        raise errors.ConfigError("invalid setting: " + "; ".join(problems)) from None

@@ -1,0 +1,56 @@
+"""Alembic environment: the URL comes from etl's settings, the target from etl.db.tables."""
+
+from __future__ import annotations
+
+from logging.config import fileConfig
+
+from alembic import context
+
+from etl.db import engine as db_engine
+from etl.db.tables import metadata
+from etl.settings import load_settings
+
+config = context.config
+if config.config_file_name is not None and not config.attributes.get("etl_quiet"):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+target_metadata = metadata
+
+
+def _url() -> str:
+    url = config.attributes.get("etl_url")
+    if url:
+        return str(url)
+    return db_engine.database_url(load_settings())
+
+
+def run_migrations_offline() -> None:
+    context.configure(
+        url=db_engine.sqlalchemy_url(_url()),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    import sqlalchemy as sa
+
+    connectable = config.attributes.get("connection")
+    if connectable is None:
+        connectable = sa.create_engine(db_engine.sqlalchemy_url(_url()), poolclass=sa.NullPool)
+    with connectable.connect() as connection:
+        # One migration run at a time, whoever starts it (several workers may start together).
+        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7301001)")
+        context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.commit()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,133 @@
+"""The migrations produce exactly etl/db/tables.py, round-trip, and `etl migrate` works bare."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from etl.db import engine as db_engine
+from etl.db import migrate
+from etl.db.tables import metadata
+
+EXPECTED_TABLES = {
+    "wdk_orders",
+    "wdk_pay_channels",
+    "wdk_sub_orders",
+    "omni_orders",
+    "omni_subpay_orders",
+    "omni_pay_serials",
+    "sync_queue",
+    "sync_runs",
+}
+
+
+def _tables(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+    return {r[0] for r in rows} - {"alembic_version"}
+
+
+def _diff(url: str) -> list[object]:
+    engine = sa.create_engine(db_engine.sqlalchemy_url(url), poolclass=sa.NullPool)
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        diff = compare_metadata(ctx, metadata)
+    engine.dispose()
+    return list(diff)
+
+
+def test_head_matches_tables_module(db_url: str) -> None:
+    assert _diff(db_url) == []
+    assert _tables(db_url) >= EXPECTED_TABLES
+    assert set(metadata.tables) == _tables(db_url)
+
+
+def test_upgrade_downgrade_upgrade_round_trips(empty_db_url: str) -> None:
+    migrate.upgrade(empty_db_url)
+    assert set(metadata.tables) == _tables(empty_db_url)
+    migrate.downgrade(empty_db_url, "base")
+    assert _tables(empty_db_url) == set()
+    assert migrate.current_revision(empty_db_url) is None
+    before, after = migrate.upgrade(empty_db_url)
+    assert before is None
+    assert after == migrate.head_revision(empty_db_url)
+    assert _diff(empty_db_url) == []
+
+
+def test_foreign_keys_cascade(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            """SELECT conrelid::regclass::text, confdeltype FROM pg_constraint
+               WHERE contype = 'f' ORDER BY 1"""
+        ).fetchall()
+    assert {r[0] for r in rows} == {
+        "wdk_pay_channels",
+        "wdk_sub_orders",
+        "omni_subpay_orders",
+        "omni_pay_serials",
+    }
+    assert {r[1] for r in rows} == {"c"}  # c = ON DELETE CASCADE
+
+
+def test_migrate_twice_is_a_no_op(empty_db_url: str) -> None:
+    first = migrate.upgrade(empty_db_url)
+    second = migrate.upgrade(empty_db_url)
+    assert first[0] is None
+    assert second[0] == second[1] == first[1]
+
+
+def _etl(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "etl", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.skipif(bool(os.environ.get("ETL_DATABASE_URL")), reason="tests the embedded default")
+def test_etl_migrate_with_no_configuration_uses_embedded_cluster(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+    env["ETL_DATA_DIR"] = str(tmp_path / "data")
+    env["ETL_CONFIG"] = ""
+    first = _etl("migrate", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "schema upgraded empty ->" in first.stdout
+    second = _etl("migrate", env=env)
+    assert second.returncode == 0, second.stderr
+    assert "schema already at" in second.stdout
+    # The server stopped with its last user; start it again to look at what was created.
+    server = db_engine.embedded_server(tmp_path / "data")
+    try:
+        url = str(server.get_uri(database=db_engine.EMBEDDED_DB))
+        assert set(metadata.tables) == _tables(url)
+    finally:
+        server.cleanup()
+
+
+def test_bad_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+    env.update(ETL_TOP_SIGN_METHOD="sha1", ETL_DATA_DIR=str(tmp_path))
+    result = _etl("migrate", env=env)
+    assert result.returncode == 2
+    assert "ETL_TOP_SIGN_METHOD" in result.stderr
+    assert "sha1" in result.stderr
+    assert not (tmp_path / "pg").exists()  # nothing was started
+
+
+def test_help_lists_commands() -> None:
+    result = _etl("--help", env=dict(os.environ))
+    assert result.returncode == 0
+    assert "migrate" in result.stdout
