@@ -6,6 +6,7 @@ global flag, e.g. ``etl --top-qps 5 sync``; ``--help`` shows each flag's environ
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from collections.abc import Callable
@@ -126,3 +127,85 @@ def show_config(state: State) -> None:
         elif name in SECRET_FIELDS:
             value = "********"
         click.echo(f"{name} = {value}")
+
+
+def _parse_faults(pairs: tuple[str, ...], spread: float | None) -> dict[str, float]:
+    from etl.simulator.server import FAULT_KINDS
+
+    faults: dict[str, float] = {}
+    if spread:
+        transient = [k for k in FAULT_KINDS if k != "slow"]
+        faults = {k: spread / len(transient) for k in transient}
+    for pair in pairs:
+        kind, sep, rate = pair.partition("=")
+        if not sep or kind not in FAULT_KINDS:
+            raise errors.InputError(
+                f"--fault {pair!r}: expected KIND=RATE with KIND one of {', '.join(FAULT_KINDS)}"
+            )
+        try:
+            faults[kind] = float(rate)
+        except ValueError:
+            raise errors.InputError(f"--fault {pair!r}: RATE must be a number") from None
+    return faults
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8780, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="makes orders reproducible")
+@click.option("--missing-rate", default=0.05, show_default=True, type=float,
+              help="share of ids that do not exist")  # fmt: skip
+@click.option("--qps", default=None, type=float, help="QPS cap per app key (default: none)")
+@click.option("--ban-seconds", default=2.0, show_default=True, type=float,
+              help="how long a QPS ban lasts")  # fmt: skip
+@click.option("--latency-ms", default=0.0, show_default=True, type=float)
+@click.option("--jitter-ms", default=0.0, show_default=True, type=float)
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    metavar="KIND=RATE",
+    help="inject a fault (http_502, remote_timeout, truncated, control_chars, slow)",
+)
+@click.option("--fault-rate", default=None, type=float,
+              help="total rate of transient faults, spread over the kinds")  # fmt: skip
+@click.option("--slow-seconds", default=1.0, show_default=True, type=float)
+@click.option("--quota-ban-rate", default=0.0, show_default=True, type=float)
+@click.option("--quota-ban-seconds", default=3600.0, show_default=True, type=float)
+@click.option("--max-batch", default=100, show_default=True, type=int)
+@click.option("--epoch", default=0, show_default=True, type=int,
+              help="bump to make a share of orders change")  # fmt: skip
+@pass_state
+@handle_errors
+def simulate(state: State, /, host: str, port: int, faults: tuple[str, ...],
+             fault_rate: float | None, **options: Any) -> None:  # fmt: skip
+    """Run the TOP gateway simulator (POST /router/rest) until interrupted.
+
+    It accepts the app key, secret and session of the current settings (ETL_TOP_APP_KEY,
+    ETL_TOP_APP_SECRET, ETL_TOP_SESSION), so `etl` pointed at it with the same environment works.
+    """
+    import asyncio
+
+    from etl.simulator.server import Simulator, SimulatorConfig
+
+    s = state.settings
+    config = SimulatorConfig(
+        app_key=s.top_app_key,
+        app_secret=s.top_app_secret.get_secret_value(),
+        session=s.top_session.get_secret_value(),
+        faults=_parse_faults(faults, fault_rate),
+        **options,
+    )
+
+    async def serve() -> None:
+        sim = Simulator(config)
+        url = await sim.start(host, port)
+        click.echo(f"TOP simulator listening on {url} (app_key {config.app_key}); Ctrl-C stops")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await sim.stop()
+            click.echo(f"counters: {sim.counters.as_dict()}")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())

@@ -1,0 +1,51 @@
+"""Start `etl simulate` as a separate process for a benchmark (a real second process)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def simulator(*args: str) -> Iterator[str]:
+    """Yield the URL of a simulator subprocess started with ``args``."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("ETL_TOP_URL",)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "etl", "simulate", "--port", str(port), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(base + "/counters", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield base + "/router/rest"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def counters(url: str) -> dict[str, object]:
+    import json
+
+    with urllib.request.urlopen(url.replace("/router/rest", "/counters"), timeout=5) as r:
+        data: dict[str, object] = json.loads(r.read())
+    return data

@@ -1,0 +1,211 @@
+"""The two APIs: request builders, result interpretation and batch splitting.
+
+``alibaba.wdk.order.get`` looks orders up by id list; every call is a batch of up to
+``batch_size`` ids. A batch refused as a caller error is split in halves until the bad ids are
+isolated, so the good ids in it still load. ``alibaba.omni.order.query`` fetches one order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from etl import errors
+
+log = logging.getLogger(__name__)
+
+WDK_METHOD = "alibaba.wdk.order.get"
+OMNI_METHOD = "alibaba.omni.order.query"
+
+
+@dataclass(frozen=True)
+class IdKind:
+    name: str
+    request_list: str  # the list in id_list_query_req
+    order_field: str  # the order field that echoes the id
+    numeric: bool
+
+
+ID_KINDS: dict[str, IdKind] = {
+    "biz": IdKind("biz", "biz_id_list", "biz_order_id", True),
+    "tb_biz": IdKind("tb_biz", "tb_biz_id_list", "tb_biz_order_id", True),
+    "out_order": IdKind("out_order", "out_order_id_list", "out_order_id", False),
+}
+
+# omni answers "not found" as a business failure; these msg_code fragments mean the order does
+# not exist (an inference: the API page documents only the parameter error).
+OMNI_NOT_FOUND_MARKERS = ("not-exist", "not-found", "notexist", "notfound", "no-order")
+
+
+class Caller(Protocol):
+    async def call(self, method: str, business: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+@dataclass
+class WdkFetch:
+    """What one wdk lookup produced: orders, ids the platform does not know, ids that failed."""
+
+    orders: list[dict[str, Any]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    failed: dict[str, errors.TopError] = field(default_factory=dict)
+    calls: int = 0
+
+
+def validate_id(id_kind: str, value: str) -> str:
+    """The canonical text of an id of ``id_kind``, or ValueError saying what is wrong."""
+    kind = ID_KINDS.get(id_kind)
+    if kind is None:
+        raise ValueError(f"unknown id kind {id_kind!r}; expected one of {', '.join(ID_KINDS)}")
+    text = value.strip()
+    if not text:
+        raise ValueError("empty id")
+    if kind.numeric:
+        if not text.isdigit() or not text.isascii():
+            raise ValueError(f"{text!r} is not a positive integer id")
+        number = int(text)
+        if number <= 0 or number >= 2**63:
+            raise ValueError(f"{text!r} is out of range for a 64-bit id")
+        return str(number)
+    if len(text) > 128 or any(ch in text for ch in ",\r\n\t"):
+        raise ValueError(f"{text!r} is not a valid channel order id")
+    return text
+
+
+def wdk_request(
+    id_kind: str, ids: Sequence[str], filters: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The business parameters of one alibaba.wdk.order.get call."""
+    kind = ID_KINDS[id_kind]
+    values: list[Any] = [int(i) for i in ids] if kind.numeric else list(ids)
+    query: dict[str, Any] = {kind.request_list: values}
+    for name in ("order_from", "shop_id", "store_id"):
+        if filters and filters.get(name) not in (None, ""):
+            query[name] = filters[name]
+    return {"id_list_query_req": query}
+
+
+def wdk_orders(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The orders in a wdk payload; raises BusinessError when ``return_code`` is not SUCCESS."""
+    result = payload.get("result")
+    results = result if isinstance(result, list) else [result] if result is not None else []
+    orders: list[dict[str, Any]] = []
+    rid = payload.get("request_id")
+    for res in results:
+        if not isinstance(res, Mapping):
+            raise errors.MalformedResponse("wdk result is not an object", method=WDK_METHOD)
+        code = str(res.get("return_code") or "")
+        if code.upper() != "SUCCESS":
+            raise errors.BusinessError(
+                f"return_code={code or '(none)'} return_msg={res.get('return_msg') or ''}".strip(),
+                method=WDK_METHOD,
+                sub_code=code or None,
+                sub_msg=str(res.get("return_msg") or "") or None,
+                request_id=str(rid) if rid else None,
+            )
+        batch = res.get("orders") or []
+        if not isinstance(batch, list) or not all(isinstance(o, Mapping) for o in batch):
+            raise errors.MalformedResponse("wdk orders is not a list of objects", method=WDK_METHOD)
+        orders.extend(dict(o) for o in batch)
+    return orders
+
+
+def omni_model(payload: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The order of an omni payload, None when it does not exist; BusinessError otherwise."""
+    result = payload.get("result")
+    if isinstance(result, list):
+        result = result[0] if result else None
+    if not isinstance(result, Mapping):
+        raise errors.MalformedResponse("omni result is not an object", method=OMNI_METHOD)
+    success = result.get("success")
+    ok = success is True or str(success).lower() == "true"
+    rid = payload.get("request_id")
+    if not ok:
+        code = str(result.get("msg_code") or "")
+        if any(m in code.lower() for m in OMNI_NOT_FOUND_MARKERS):
+            return None
+        raise errors.BusinessError(
+            f"success=false msg_code={code} msg_info={result.get('msg_info') or ''}",
+            method=OMNI_METHOD,
+            sub_code=code or None,
+            sub_msg=str(result.get("msg_info") or "") or None,
+            request_id=str(rid) if rid else None,
+        )
+    model = result.get("model")
+    if model is None or model == {}:
+        return None
+    if not isinstance(model, Mapping):
+        raise errors.MalformedResponse("omni model is not an object", method=OMNI_METHOD)
+    return dict(model)
+
+
+def chunks(ids: Sequence[str], size: int) -> list[list[str]]:
+    return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
+
+
+def _dedupe(ids: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
+
+
+async def wdk_order_get(
+    client: Caller,
+    ids: Sequence[str],
+    id_kind: str = "biz",
+    *,
+    batch_size: int = 20,
+    filters: Mapping[str, Any] | None = None,
+) -> WdkFetch:
+    """Fetch the orders of ``ids`` (of ``id_kind``) in concurrent calls of ``batch_size`` ids.
+
+    Ids whose batch kept failing after retries are in ``failed`` with the error; a flow-control
+    ban longer than the threshold and auth errors propagate (nothing is worth trying then).
+    """
+    kind = ID_KINDS[id_kind]
+    wanted = _dedupe(ids)
+    out = WdkFetch()
+
+    async def fetch(batch: list[str]) -> None:
+        try:
+            out.calls += 1
+            payload = await client.call(WDK_METHOD, wdk_request(id_kind, batch, filters))
+            orders = wdk_orders(payload)
+        except (errors.CallerError, errors.BusinessError) as exc:
+            if len(batch) == 1:
+                out.failed[batch[0]] = exc
+                return
+            mid = len(batch) // 2
+            log.info("batch refused; splitting to isolate bad ids", extra={"ids": len(batch)})
+            await asyncio.gather(fetch(batch[:mid]), fetch(batch[mid:]))
+            return
+        except (errors.RateLimited, errors.AuthError, errors.ClockSkew):
+            raise
+        except errors.TopError as exc:
+            for key in batch:
+                out.failed[key] = exc
+            return
+        out.orders.extend(orders)
+
+    await asyncio.gather(*(fetch(b) for b in chunks(wanted, batch_size)))
+    out.orders = _unique_orders(out.orders)
+    seen = {str(o.get(kind.order_field)) for o in out.orders}
+    out.missing = [i for i in wanted if i not in seen and i not in out.failed]
+    return out
+
+
+def _unique_orders(orders: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_id: dict[str, dict[str, Any]] = {}
+    for order in orders:
+        by_id[str(order.get("biz_order_id"))] = order
+    return list(by_id.values())
+
+
+async def omni_order_query(
+    client: Caller, user_id: str, order_id: str, out_order_id: str
+) -> dict[str, Any] | None:
+    """The guide-sold order (user_id, order_id, out_order_id), or None if it does not exist."""
+    payload = await client.call(
+        OMNI_METHOD, {"user_id": user_id, "order_id": order_id, "out_order_id": out_order_id}
+    )
+    return omni_model(payload)

@@ -1,0 +1,112 @@
+"""Flow control shared by every caller of one app key in the process.
+
+* a token bucket at ``qps`` calls per second (burst of one: calls are spaced evenly, so a gateway
+  counting per second never sees more than it allows);
+* a concurrency cap (calls in flight);
+* a ban gate: when the platform bans the app key, every caller waits until the ban ends.
+
+The clock and sleep are injectable, so the decisions are testable without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class TokenBucket:
+    """Grants one call every ``1/rate`` seconds, with no burst (virtual scheduling).
+
+    Each caller reserves the next slot under a lock and sleeps until it. Slots advance by exact
+    intervals, so a late wake-up does not lower the long-run rate; after an idle spell the first
+    caller goes at once and the next one a full interval later (never a burst).
+    """
+
+    def __init__(
+        self, rate: float, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self._interval = 1.0 / rate
+        self._clock = clock
+        self._sleep = sleep
+        self._next = clock()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            now = self._clock()
+            slot = max(self._next, now)
+            self._next = slot + self._interval
+        if slot > now:
+            await self._sleep(slot - now)
+
+
+class BanGate:
+    """Closed until ``until`` (a clock value) after a flow-control ban; open otherwise."""
+
+    def __init__(self, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self.until = 0.0
+        self.bans = 0
+
+    def ban(self, seconds: float) -> None:
+        """Record a ban of ``seconds`` from now (a shorter one never shortens a longer one)."""
+        self.bans += 1
+        self.until = max(self.until, self._clock() + seconds)
+
+    def remaining(self) -> float:
+        return max(0.0, self.until - self._clock())
+
+    async def wait(self) -> None:
+        while (left := self.remaining()) > 0:
+            await self._sleep(left)
+
+
+class FlowControl:
+    """Token bucket + concurrency cap + ban gate for one app key."""
+
+    def __init__(
+        self,
+        qps: float,
+        concurrency: int,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.bucket = TokenBucket(qps, clock=clock, sleep=sleep)
+        self.gate = BanGate(clock=clock, sleep=sleep)
+        self._slots = asyncio.Semaphore(concurrency)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold a concurrency slot for one call, after the ban (if any) and a rate token."""
+        async with self._slots:
+            await self.gate.wait()
+            await self.bucket.acquire()
+            await self.gate.wait()  # a ban may have started while we queued for the token
+            yield
+
+
+_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, FlowControl]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def shared(app_key: str, qps: float, concurrency: int) -> FlowControl:
+    """The process-wide FlowControl of ``app_key`` on the running event loop.
+
+    The first caller's ``qps`` and ``concurrency`` win: one app key has one quota.
+    """
+    per_loop = _shared.setdefault(asyncio.get_running_loop(), {})
+    flow = per_loop.get(app_key)
+    if flow is None:
+        flow = per_loop[app_key] = FlowControl(qps, concurrency)
+    return flow
