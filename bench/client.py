@@ -47,8 +47,13 @@ async def run(
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.monotonic() - started
-        return {"calls": client.stats.calls, "elapsed": elapsed, "orders": orders,
-                "bans": client.stats.bans, "retries": client.stats.retries}  # fmt: skip
+        return {
+            "calls": client.stats.calls,
+            "elapsed": elapsed,
+            "orders": orders,
+            "bans": client.stats.bans,
+            "retries": client.stats.retries,
+        }
 
 
 def main() -> None:
@@ -65,8 +70,10 @@ def main() -> None:
         r = asyncio.run(run(url, a.qps, a.seconds, a.concurrency, a.batch_size))
         sim = counters(url)
     achieved = r["calls"] / r["elapsed"]
-    print(f"client pacing: cap {a.qps:g} QPS, latency {a.latency_ms:g} ms, {a.seconds:g} s, "
-          f"concurrency {a.concurrency}, batch {a.batch_size}")  # fmt: skip
+    print(
+        f"client pacing: cap {a.qps:g} QPS, latency {a.latency_ms:g} ms, {a.seconds:g} s, "
+        f"concurrency {a.concurrency}, batch {a.batch_size}"
+    )
     print(f"  calls {r['calls']:.0f} in {r['elapsed']:.1f} s -> achieved {achieved:.2f} QPS")
     print(f"  achieved / cap       {achieved / a.qps:.3f}   (target >= 0.95)")
     print(f"  bans caused          {sim['bans_started']}   (target 0); client saw {r['bans']:.0f}")

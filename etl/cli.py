@@ -153,11 +153,17 @@ def _parse_faults(pairs: tuple[str, ...], spread: float | None) -> dict[str, flo
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8780, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int, help="makes orders reproducible")
-@click.option("--missing-rate", default=0.05, show_default=True, type=float,
-              help="share of ids that do not exist")  # fmt: skip
+@click.option(
+    "--missing-rate",
+    default=0.05,
+    show_default=True,
+    type=float,
+    help="share of ids that do not exist",
+)
 @click.option("--qps", default=None, type=float, help="QPS cap per app key (default: none)")
-@click.option("--ban-seconds", default=2.0, show_default=True, type=float,
-              help="how long a QPS ban lasts")  # fmt: skip
+@click.option(
+    "--ban-seconds", default=2.0, show_default=True, type=float, help="how long a QPS ban lasts"
+)
 @click.option("--latency-ms", default=0.0, show_default=True, type=float)
 @click.option("--jitter-ms", default=0.0, show_default=True, type=float)
 @click.option(
@@ -167,18 +173,30 @@ def _parse_faults(pairs: tuple[str, ...], spread: float | None) -> dict[str, flo
     metavar="KIND=RATE",
     help="inject a fault (http_502, remote_timeout, truncated, control_chars, slow)",
 )
-@click.option("--fault-rate", default=None, type=float,
-              help="total rate of transient faults, spread over the kinds")  # fmt: skip
+@click.option(
+    "--fault-rate",
+    default=None,
+    type=float,
+    help="total rate of transient faults, spread over the kinds",
+)
 @click.option("--slow-seconds", default=1.0, show_default=True, type=float)
 @click.option("--quota-ban-rate", default=0.0, show_default=True, type=float)
 @click.option("--quota-ban-seconds", default=3600.0, show_default=True, type=float)
 @click.option("--max-batch", default=100, show_default=True, type=int)
-@click.option("--epoch", default=0, show_default=True, type=int,
-              help="bump to make a share of orders change")  # fmt: skip
+@click.option(
+    "--epoch", default=0, show_default=True, type=int, help="bump to make a share of orders change"
+)
 @pass_state
 @handle_errors
-def simulate(state: State, /, host: str, port: int, faults: tuple[str, ...],
-             fault_rate: float | None, **options: Any) -> None:  # fmt: skip
+def simulate(
+    state: State,
+    /,
+    host: str,
+    port: int,
+    faults: tuple[str, ...],
+    fault_rate: float | None,
+    **options: Any,
+) -> None:
     """Run the TOP gateway simulator (POST /router/rest) until interrupted.
 
     It accepts the app key, secret and session of the current settings (ETL_TOP_APP_KEY,
@@ -209,3 +227,47 @@ def simulate(state: State, /, host: str, port: int, faults: tuple[str, ...],
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve())
+
+
+def _date(value: str | None) -> Any:
+    if value is None:
+        return None
+    from datetime import datetime
+
+    from etl import chinatime
+
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise errors.InputError(f"{value!r} is not a date (YYYY-MM-DD[ HH:MM[:SS]])") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=chinatime.CHINA)
+
+
+@main.command()
+@click.option(
+    "--since",
+    default=None,
+    metavar="DATE",
+    help="only orders synced since DATE (China time unless it has an offset)",
+)
+@click.option(
+    "--api", "api", type=click.Choice(["wdk", "omni", "all"]), default="all", show_default=True
+)
+@pass_state
+@handle_errors
+def replay(state: State, /, since: str | None, api: str) -> None:
+    """Rebuild the relational rows from the stored raw payloads (no platform calls).
+
+    For after a normalizer fix or a new column: every stored order is normalized again from its
+    `raw` column and its rows (children included) rewritten.
+    """
+    from etl import pipeline
+    from etl.db import engine
+
+    engine_ = engine.create_engine(state.settings)
+    try:
+        apis = ("wdk", "omni") if api == "all" else (api,)
+        counters = pipeline.replay(engine_, apis, _date(since))
+    finally:
+        engine_.dispose()
+    click.echo(f"replayed {counters.orders_updated} orders ({counters.orders_stale} skipped)")

@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -64,7 +66,6 @@ def embedded_url(data_dir: Path, database: str = EMBEDDED_DB) -> str:
 
 def ensure_database(admin_url: str, database: str) -> None:
     """CREATE DATABASE unless it exists (safe when several processes race)."""
-    import psycopg
     from psycopg import sql
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -110,3 +111,18 @@ def create_engine(settings: Settings, url: str | None = None) -> Engine:
         pool_pre_ping=True,
         hide_parameters=True,
     )
+
+
+@contextlib.contextmanager
+def psycopg_connection(engine: Engine) -> Iterator[psycopg.Connection[Any]]:
+    """A pooled connection as the psycopg object itself (for COPY), returned to the pool after.
+
+    Whatever the caller left uncommitted is rolled back.
+    """
+    pooled = engine.raw_connection()
+    try:
+        conn = pooled.driver_connection
+        assert isinstance(conn, psycopg.Connection)
+        yield conn
+    finally:
+        pooled.close()  # the pool's reset-on-return rolls back an open transaction

@@ -364,3 +364,17 @@ sync_runs = sa.Table(
     sa.Index(None, "started_at"),
     comment="one row per run of etl worker / sync / backfill / replay / demo",
 )
+
+order_archive = sa.Table(
+    "order_archive",
+    metadata,
+    c("id", sa.BigInteger, "row id", primary_key=True, autoincrement=True),
+    c("api", sa.Text, "wdk or omni", nullable=False),
+    c("order_key", sa.Text, "biz_order_id (wdk) or order_id (omni), as text", nullable=False),
+    c("fetched_at", TZ, "when this version was fetched", nullable=False),
+    c("payload_hash", sa.Text, "sha256 of the canonical payload", nullable=False),
+    c("raw", JSONB, "the order exactly as received (simplified shape)", nullable=False),
+    c("archived_at", TZ, "when it was archived", nullable=False, server_default=sa.text("now()")),
+    sa.Index(None, "api", "order_key", "fetched_at"),
+    comment="every changed version of every order, as received: the audit trail",
+)

@@ -25,8 +25,13 @@ MAX_BIZ_ID = 10**15  # biz ids are below this (15 digits, like 500031414182214)
 FIRST_DEMO_BIZ_ID = 500_031_414_182_214
 
 STORES = ["CSDRF01001", "CSDRF01002", "HZXH02001", "SHPD03001", "BJCY04001"]
-SHOPS = {"CSDRF01001": "12343561", "CSDRF01002": "12343562", "HZXH02001": "22343561",
-         "SHPD03001": "32343561", "BJCY04001": "42343561"}  # fmt: skip
+SHOPS = {
+    "CSDRF01001": "12343561",
+    "CSDRF01002": "12343562",
+    "HZXH02001": "22343561",
+    "SHPD03001": "32343561",
+    "BJCY04001": "42343561",
+}
 ITEMS = [
     (101292002, "098771", "有机菠菜 300g", 1280, None),
     (103074008, "100231", "盒马鲜牛奶 950ml", 1590, None),
@@ -100,8 +105,10 @@ def wdk_order(
     trd_type = 2 if refund else 1
     pay_time = datetime(2024, 1, 1) + timedelta(seconds=rng.randrange(366 * 86400))
     status_index = _status(seed, key, epoch, change_rate, rng)
-    subs = [_sub_order(rng, biz_order_id, i, store, trd_type, status_index, pay_time)
-            for i in range(rng.randint(1, 10))]  # fmt: skip
+    subs = [
+        _sub_order(rng, biz_order_id, i, store, trd_type, status_index, pay_time)
+        for i in range(rng.randint(1, 10))
+    ]
     original = sum(s["original_amt"] for s in subs)
     promo = sum(s["promotion_discount_amt"] for s in subs)
     member = sum(s["member_discount_amt"] for s in subs)

@@ -200,8 +200,12 @@ class Simulator:
             self._scripted_error(step, params["app_key"])
             self._flow_control(params["app_key"])
             if self._fault("remote_timeout", step):
-                raise GatewayError(15, "Remote service error", "isp.top-remote-connection-timeout",
-                                   "远程服务调用超时")  # fmt: skip
+                raise GatewayError(
+                    15,
+                    "Remote service error",
+                    "isp.top-remote-connection-timeout",
+                    "远程服务调用超时",
+                )
             payload = self._dispatch(method, params)
         except GatewayError as err:
             self.counters.errors[str(err.code)] += 1
@@ -253,8 +257,9 @@ class Simulator:
     def _scripted_error(self, step: str, app_key: str) -> None:
         kind, _, arg = step.partition(":")
         if kind in ("ban", "quota_ban"):
-            self.ban(float(arg or self.config.ban_seconds), quota=kind == "quota_ban",
-                     app_key=app_key)  # fmt: skip
+            self.ban(
+                float(arg or self.config.ban_seconds), quota=kind == "quota_ban", app_key=app_key
+            )
         elif kind == "error":
             code, _, sub_code = arg.partition(":")
             raise GatewayError(int(code), "Scripted error", sub_code or None, "scripted")
@@ -292,12 +297,17 @@ class Simulator:
         try:
             sent = chinatime.parse(text)
         except ValueError:
-            raise GatewayError(31, "Invalid Timestamp", "isv.timestamp-limit-error",
-                               "timestamp格式错误") from None  # fmt: skip
+            raise GatewayError(
+                31, "Invalid Timestamp", "isv.timestamp-limit-error", "timestamp格式错误"
+            ) from None
         skew = abs((datetime.now(chinatime.CHINA) - sent).total_seconds())
         if skew > TIMESTAMP_SKEW:
-            raise GatewayError(31, "Invalid Timestamp", "isv.timestamp-limit-error",
-                               f"时间戳误差超过10分钟 ({skew:.0f}s)")  # fmt: skip
+            raise GatewayError(
+                31,
+                "Invalid Timestamp",
+                "isv.timestamp-limit-error",
+                f"时间戳误差超过10分钟 ({skew:.0f}s)",
+            )
 
     def _flow_control(self, app_key: str) -> None:
         lim = self._limiter(app_key)
@@ -310,8 +320,12 @@ class Simulator:
         if lim.ban_until > now or lim.ban_until > time.monotonic():
             self.counters.bans += 1
             left = math.ceil(lim.ban_until - time.monotonic())
-            raise GatewayError(7, "App Call Limited", lim.ban_sub_code,
-                               f"This ban will last for {max(1, left)} more seconds")  # fmt: skip
+            raise GatewayError(
+                7,
+                "App Call Limited",
+                lim.ban_sub_code,
+                f"This ban will last for {max(1, left)} more seconds",
+            )
 
     # ------------------------------------------------------------------------------- the APIs
 
@@ -325,8 +339,12 @@ class Simulator:
         try:
             query = orjson.loads(raw) if raw else {}
         except orjson.JSONDecodeError:
-            raise GatewayError(15, "Remote service error", "isp.top-mapping-parse-error",
-                               "id_list_query_req不是合法的JSON") from None  # fmt: skip
+            raise GatewayError(
+                15,
+                "Remote service error",
+                "isp.top-mapping-parse-error",
+                "id_list_query_req不是合法的JSON",
+            ) from None
         if not isinstance(query, dict):
             raise GatewayError(41, "Invalid Arguments", "isv.invalid-parameter", "非法参数")
         wanted: list[tuple[str, str]] = []
@@ -336,11 +354,16 @@ class Simulator:
                 raise GatewayError(41, "Invalid Arguments", "isv.invalid-parameter", "非法参数")
             wanted.extend((id_kind.name, str(v)) for v in values)
         if not wanted:
-            raise GatewayError(40, "Missing Required Arguments", "isv.missing-parameter",
-                               "id list is empty")  # fmt: skip
+            raise GatewayError(
+                40, "Missing Required Arguments", "isv.missing-parameter", "id list is empty"
+            )
         if len(wanted) > self.config.max_batch:
-            raise GatewayError(15, "Remote service error", "isv.invalid-parameter",
-                               f"id list too long (max {self.config.max_batch})")  # fmt: skip
+            raise GatewayError(
+                15,
+                "Remote service error",
+                "isv.invalid-parameter",
+                f"id list too long (max {self.config.max_batch})",
+            )
         if any(value in self.config.poison_ids for _, value in wanted):
             raise GatewayError(15, "Remote service error", "isv.invalid-parameter", "非法参数")
         self.counters.ids_requested += len(wanted)
@@ -358,8 +381,14 @@ class Simulator:
                 seen.add(biz)
                 orders.append(order)
         self.counters.orders_served += len(orders)
-        return {"result": {"orders": orders, "return_code": "SUCCESS", "return_msg": "success",
-                           "total_number": len(orders)}}  # fmt: skip
+        return {
+            "result": {
+                "orders": orders,
+                "return_code": "SUCCESS",
+                "return_msg": "success",
+                "total_number": len(orders),
+            }
+        }
 
     @staticmethod
     def _matches(order: dict[str, Any], query: dict[str, Any]) -> bool:
@@ -375,15 +404,30 @@ class Simulator:
     def _omni(self, p: dict[str, str]) -> dict[str, Any]:
         missing = [n for n in ("user_id", "order_id", "out_order_id") if not p.get(n)]
         if missing:
-            raise GatewayError(40, "Missing Required Arguments", "isv.missing-parameter",
-                               f"{','.join(missing)}:必选输入参数不能为空")  # fmt: skip
+            raise GatewayError(
+                40,
+                "Missing Required Arguments",
+                "isv.missing-parameter",
+                f"{','.join(missing)}:必选输入参数不能为空",
+            )
         self.counters.ids_requested += 1
         order_id = p["order_id"]
         if not order_id.isdigit() or not self._exists(order_id):
-            return {"result": {"success": False, "msg_code": "daogoubao.order-not-exist",
-                               "msg_info": "订单不存在"}}  # fmt: skip
-        model = data.omni_order(order_id, p["user_id"], p["out_order_id"], self.config.seed,
-                                self.config.epoch, self.config.change_rate)  # fmt: skip
+            return {
+                "result": {
+                    "success": False,
+                    "msg_code": "daogoubao.order-not-exist",
+                    "msg_info": "订单不存在",
+                }
+            }
+        model = data.omni_order(
+            order_id,
+            p["user_id"],
+            p["out_order_id"],
+            self.config.seed,
+            self.config.epoch,
+            self.config.change_rate,
+        )
         self.counters.orders_served += 1
         return {"result": {"model": model, "msg_code": "", "msg_info": "", "success": True}}
 

@@ -67,17 +67,22 @@ def decode(body: bytes) -> Any:
 
 def unwrap_lists(value: Any) -> Any:
     """Default shape → simplified shape, recursively (lists unwrapped; ``{}``/null → ``[]``)."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key in LIST_FIELDS:
+                out[key] = [
+                    unwrap_lists(v) if isinstance(v, dict | list) else v
+                    for v in _as_list(item, LIST_FIELDS[key])
+                ]
+            elif isinstance(item, dict | list):
+                out[key] = unwrap_lists(item)
+            else:
+                out[key] = item
+        return out
     if isinstance(value, list):
-        return [unwrap_lists(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        if key in LIST_FIELDS:
-            out[key] = [unwrap_lists(v) for v in _as_list(item, LIST_FIELDS[key])]
-        else:
-            out[key] = unwrap_lists(item)
-    return out
+        return [unwrap_lists(v) if isinstance(v, dict | list) else v for v in value]
+    return value
 
 
 def _as_list(item: Any, item_key: str) -> list[Any]:

@@ -44,8 +44,11 @@ def test_both_omni_shapes_give_the_same_model() -> None:
 
 @pytest.mark.parametrize("empty", [{}, None, {"order": None}, {"order": []}])
 def test_empty_lists_in_every_spelling(empty: object) -> None:
-    body = {"alibaba_wdk_order_get_response": {"result": {"orders": empty, "return_code": "success",
-                                                          "total_number": 0}}}  # fmt: skip
+    body = {
+        "alibaba_wdk_order_get_response": {
+            "result": {"orders": empty, "return_code": "success", "total_number": 0}
+        }
+    }
     payload = envelope.payload(orjson.dumps(body), apis.WDK_METHOD)
     assert apis.wdk_orders(payload) == []
 
@@ -106,8 +109,11 @@ def test_return_code_failure_is_a_business_error() -> None:
 
 def test_omni_success_false_stores_nothing_even_with_a_model() -> None:
     doc = json.loads(_example("alibaba.omni.order.query.simplify.json"))
-    doc["result"].update(success=False, msg_code="daogoubao.order-query-parameter-error",
-                         msg_info="必选输入参数不能为空")  # fmt: skip
+    doc["result"].update(
+        success=False,
+        msg_code="daogoubao.order-query-parameter-error",
+        msg_info="必选输入参数不能为空",
+    )
     with pytest.raises(errors.BusinessError, match="order-query-parameter-error"):
         apis.omni_model(doc)
 

@@ -1,0 +1,341 @@
+"""Raw orders (either JSON shape) → rows for each table (pure).
+
+A field that cannot be read becomes NULL and is counted in ``bad_fields``; it never fails the
+order. Fields the schema does not know stay in ``raw`` and are listed in ``unknown_fields``. Only
+an order without its key cannot be stored: :class:`InvalidOrder`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from etl.normalize import fields as f
+from etl.top.envelope import unwrap_lists
+
+Parser = Callable[[Any], Any]
+JSON = "json"  # marker: a JSON-in-string field, stored as column (jsonb) + column_raw (text)
+Spec = dict[str, Parser | str]
+
+
+class InvalidOrder(ValueError):
+    """An order that cannot be stored at all (its key is missing or unreadable)."""
+
+
+WDK_ORDER: Spec = {
+    "biz_order_id": f.to_int,
+    "tb_biz_order_id": f.to_int,
+    "out_order_id": f.to_text,
+    "store_id": f.to_text,
+    "shop_id": f.to_text,
+    "out_shop_id": f.to_text,
+    "merchant_code": f.to_text,
+    "order_from": f.to_int32,
+    "order_client": f.to_text,
+    "trd_type": f.to_int16,
+    "order_status": f.to_text,
+    "pay_time": f.to_time,
+    "package_time": f.to_time,
+    "original_amt": f.to_int,
+    "discount_amt": f.to_int,
+    "member_discount_amt": f.to_int,
+    "post_fee": f.to_int,
+    "pay_amt": f.to_int,
+    "member_card_num": f.to_text,
+    "member_point": f.to_decimal,
+    "operator_id": f.to_text,
+    "operator_name": f.to_text,
+    "gift_coupon": f.to_text,
+    "duty_code": f.to_text,
+    "open_uid": f.to_text,
+    "trade_attributes": JSON,
+}
+WDK_PAY_CHANNEL: Spec = {
+    "order_channel": f.to_text,
+    "pay_amount": f.to_int,
+    "pay_type": f.to_int16,
+    "pos_no": f.to_text,
+    "store_id": f.to_text,
+    "trd_type": f.to_int16,
+    "actual_pay_amount": f.to_int,
+    "adjust_amount": f.to_int,
+    "promotion_card_info": f.to_text,
+    "pay_attributes": JSON,
+    "pmt_alipay_promotion_amt": f.to_int,
+    "pmt_alipay_reduce_amt": f.to_int,
+    "pmt_koubei_coupon_amt": f.to_int,
+    "koubei_coupon_info": JSON,
+}
+WDK_SUB_ORDER: Spec = {
+    "biz_order_id": f.to_int,
+    "parent_id": f.to_int,
+    "tb_biz_order_id": f.to_int,
+    "out_order_id": f.to_text,
+    "store_id": f.to_text,
+    "trd_type": f.to_int16,
+    "order_type": f.to_text,
+    "order_status": f.to_text,
+    "item_code": f.to_int,
+    "sku_code": f.to_text,
+    "out_sku_code": f.to_text,
+    "price": f.to_int,
+    "quantity": f.to_decimal,
+    "sell_unit": f.to_text,
+    "ns_quantity": f.to_decimal,
+    "stock_unit": f.to_text,
+    "sale_unit": f.to_text,
+    "pick_amount_stock": f.to_decimal,
+    "buy_amount_stock": f.to_decimal,
+    "original_amt": f.to_int,
+    "promotion_discount_amt": f.to_int,
+    "member_discount_amt": f.to_int,
+    "share_discount_amt": f.to_int,
+    "txd_pmt_amt": f.to_int,
+    "pick_amt": f.to_int,
+    "member_point": f.to_decimal,
+    "promotion_info": JSON,
+    "status_change_time": JSON,
+    "trade_sub_attributes": JSON,
+}
+OMNI_ORDER: Spec = {
+    "order_id": f.to_text,
+    "alipay_order_id": f.to_text,
+    "out_order_id": f.to_text,
+    "o2o_guide_id": f.to_int,
+    "o2o_guide_name": f.to_text,
+    "o2o_shop_id": f.to_text,
+    "o2o_shop_name": f.to_text,
+    "item_id": f.to_int,
+    "item_title": f.to_text,
+    "sku_id": f.to_text,
+    "sku_properties_name": f.to_text,
+    "contract_price": f.to_int,
+    "total_fee": f.to_int,
+    "voucher_price": f.to_int,
+    "pay_status": f.to_int32,
+    "can_close": f.to_bool,
+}
+OMNI_PROMOTION: Spec = {
+    "promotion_id": f.to_int,
+    "promotion_amount": f.to_int,
+    "promotion_type": f.to_int32,
+    "promotion_order_id": f.to_int,
+    "promotion_buy_amount": f.to_int,
+}
+OMNI_SUBPAY: Spec = {
+    "subpay_order_id": f.to_int,
+    "step_no": f.to_int32,
+    "pay_status": f.to_int32,
+    "pay_type": f.to_int32,
+    "total_fee": f.to_int,
+    "disburse_status": f.to_text,
+}
+OMNI_SERIAL: Spec = {
+    "pay_serial_no": f.to_text,
+    "step_no": f.to_int32,
+    "batch_no": f.to_int,
+    "paid_money": f.to_int,
+    "pay_time": f.to_time,
+    "sync_time": f.to_time,
+    "pay_type": f.to_int32,
+    "pay_status": f.to_int32,
+}
+# Fields an item may carry that are known but not columns of its own table.
+WDK_PAY_CHANNEL_EXTRA = frozenset({"biz_order_id"})  # the parent's id, which is the key already
+
+
+@dataclass
+class NormalizedOrder:
+    """One order as rows: the parent row and each child table's rows, plus what was odd."""
+
+    api: str
+    key: Any
+    parent: dict[str, Any]
+    children: dict[str, list[dict[str, Any]]]
+    bad_fields: list[str] = field(default_factory=list)
+    unknown_fields: list[str] = field(default_factory=list)
+
+    @property
+    def fetched_at(self) -> datetime:
+        value: datetime = self.parent["fetched_at"]
+        return value
+
+
+def _canonical(value: Any) -> Any:
+    """Drop what both shapes may spell differently: None and empty lists / objects."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if isinstance(v, dict | list):
+                v = _canonical(v)
+                if not v:
+                    continue
+            elif v is None:
+                continue
+            out[k] = v
+        return out
+    if isinstance(value, list):
+        return [_canonical(v) if isinstance(v, dict | list) else v for v in value]
+    return value
+
+
+def content_hash(order: Mapping[str, Any]) -> str:
+    """sha256 of the order's canonical JSON: stable across key order and both JSON shapes."""
+    return _hash_simplified(unwrap_lists(dict(order)))
+
+
+def _hash_simplified(raw: dict[str, Any]) -> str:
+    canonical = _canonical(raw)
+    try:
+        blob = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        blob = f.dumps(_sorted(canonical)).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def _apply(spec: Spec, item: Mapping[str, Any], where: str, bad: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    get = item.get
+    for name, parser in spec.items():
+        value = get(name)
+        if parser is f.to_text and type(value) is str and "\x00" not in value:
+            row[name] = value  # the common case, inlined
+            continue
+        if parser is JSON:
+            loose = f.loose_json(value)
+            row[name] = loose.text
+            row[f"{name}_raw"] = loose.raw
+            if not loose.ok:
+                bad.append(f"{where}{name}")
+            continue
+        assert callable(parser)
+        try:
+            row[name] = parser(value)
+        except f.BadField:
+            row[name] = None
+            bad.append(f"{where}{name}")
+    return row
+
+
+def _unknown(item: Mapping[str, Any], known: set[str] | frozenset[str], where: str) -> list[str]:
+    return [f"{where}{k}" for k in item if k not in known]
+
+
+def _items(order: Mapping[str, Any], name: str, bad: list[str]) -> list[Mapping[str, Any]]:
+    value = order.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        bad.append(name)
+        return []
+    return [v for v in value if isinstance(v, Mapping)]
+
+
+def _missing_key(bad: list[str], where: str) -> None:
+    if where not in bad:
+        bad.append(where)
+
+
+def _bookkeeping(raw: dict[str, Any], fetched_at: datetime, unknown: list[str]) -> dict[str, Any]:
+    return {
+        "raw": f.dumps(raw),
+        "payload_hash": _hash_simplified(raw),
+        "unknown_fields": sorted(set(unknown)) or None,
+        "fetched_at": fetched_at,
+    }
+
+
+def normalize_wdk(order: Mapping[str, Any], fetched_at: datetime) -> NormalizedOrder:
+    """An alibaba.wdk.order.get order → wdk_orders / wdk_pay_channels / wdk_sub_orders rows."""
+    raw: dict[str, Any] = unwrap_lists(dict(order))
+    bad: list[str] = []
+    parent = _apply(WDK_ORDER, raw, "", bad)
+    key = parent["biz_order_id"]
+    if key is None:
+        raise InvalidOrder(f"order without a readable biz_order_id: {raw.get('biz_order_id')!r}")
+    unknown = _unknown(raw, {*WDK_ORDER, "pay_channels", "sub_orders"}, "")
+    channels = []
+    for seq, item in enumerate(_items(raw, "pay_channels", bad)):
+        where = f"pay_channels[{seq}]."
+        row = _apply(WDK_PAY_CHANNEL, item, where, bad)
+        row.update(biz_order_id=key, seq=seq)
+        channels.append(row)
+        unknown += _unknown(item, {*WDK_PAY_CHANNEL, *WDK_PAY_CHANNEL_EXTRA}, "pay_channels.")
+    subs = []
+    for seq, item in enumerate(_items(raw, "sub_orders", bad)):
+        where = f"sub_orders[{seq}]."
+        row = _apply(WDK_SUB_ORDER, item, where, bad)
+        unknown += _unknown(item, set(WDK_SUB_ORDER), "sub_orders.")
+        if row["biz_order_id"] is None:  # cannot be stored without its key; kept in raw
+            _missing_key(bad, f"{where}biz_order_id")
+            continue
+        row.update(order_biz_order_id=key, seq=seq)
+        subs.append(row)
+    parent.update(_bookkeeping(raw, fetched_at, unknown))
+    return NormalizedOrder(
+        "wdk",
+        key,
+        parent,
+        {"wdk_pay_channels": channels, "wdk_sub_orders": subs},
+        bad,
+        sorted(set(unknown)),
+    )
+
+
+def normalize_omni(
+    model: Mapping[str, Any], fetched_at: datetime, user_id: str | None = None
+) -> NormalizedOrder:
+    """An alibaba.omni.order.query model → omni_orders / omni_subpay_orders / omni_pay_serials."""
+    raw: dict[str, Any] = unwrap_lists(dict(model))
+    bad: list[str] = []
+    parent = _apply(OMNI_ORDER, raw, "", bad)
+    key = parent["order_id"]
+    if not key:
+        raise InvalidOrder(f"omni order without an order_id: {raw.get('order_id')!r}")
+    parent["user_id"] = user_id
+    promotion = raw.get("promotion_info")
+    if promotion is not None and not isinstance(promotion, Mapping):
+        bad.append("promotion_info")
+        promotion = None
+    parent.update(_apply(OMNI_PROMOTION, promotion or {}, "promotion_info.", bad))
+    known = {*OMNI_ORDER, "promotion_info", "subpay_order_list", "pay_order_serial_infos"}
+    unknown = _unknown(raw, known, "")
+    if promotion:
+        unknown += _unknown(promotion, set(OMNI_PROMOTION), "promotion_info.")
+    subpays = []
+    for seq, item in enumerate(_items(raw, "subpay_order_list", bad)):
+        row = _apply(OMNI_SUBPAY, item, f"subpay_order_list[{seq}].", bad)
+        unknown += _unknown(item, set(OMNI_SUBPAY), "subpay_order_list.")
+        if row["subpay_order_id"] is None:
+            _missing_key(bad, f"subpay_order_list[{seq}].subpay_order_id")
+            continue
+        row.update(order_id=key, seq=seq)
+        subpays.append(row)
+    serials = []
+    for seq, item in enumerate(_items(raw, "pay_order_serial_infos", bad)):
+        row = _apply(OMNI_SERIAL, item, f"pay_order_serial_infos[{seq}].", bad)
+        unknown += _unknown(item, set(OMNI_SERIAL), "pay_order_serial_infos.")
+        row.update(order_id=key, seq=seq)
+        serials.append(row)
+    parent.update(_bookkeeping(raw, fetched_at, unknown))
+    return NormalizedOrder(
+        "omni",
+        key,
+        parent,
+        {"omni_subpay_orders": subpays, "omni_pay_serials": serials},
+        bad,
+        sorted(set(unknown)),
+    )
