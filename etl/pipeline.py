@@ -1,21 +1,35 @@
-"""The one orchestrator: a batch end to end (fetch → normalize → load → ack), and replay."""
+"""The one orchestrator: a batch end to end (claim → fetch → normalize → load + ack), and replay.
+
+Every entry point (worker, sync, backfill, demo) drives :class:`Syncer`; only how ids get into
+the queue differs. A batch's load and its queue ack commit in one transaction.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import socket
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.engine import Engine
 
+from etl import errors, metrics
+from etl.db import bans, load, queue, runs
 from etl.db import engine as db_engine
-from etl.db import load, runs
+from etl.ids import omni_parts
 from etl.normalize.orders import InvalidOrder, NormalizedOrder, normalize_omni, normalize_wdk
+from etl.settings import Settings
+from etl.top import apis
+from etl.top.client import TopClient
 
 log = logging.getLogger(__name__)
 
@@ -147,3 +161,355 @@ def replay(
         with engine.begin() as c:
             runs.finish(c, run_id, counters, status, error)
     return counters
+
+
+# ------------------------------------------------------------------------------------ syncing
+
+DB_RETRY_SECONDS = 90.0  # how long a batch's commit is retried while the database is away
+Progress = Callable[[int, int], None]  # (ids settled, of which failed)
+
+
+class Fatal(errors.EtlError):
+    """The run cannot go on (session invalid, clock wrong): nothing more is claimed."""
+
+
+@dataclass
+class DrainResult:
+    counters: runs.RunCounters
+    banned_until: datetime | None = None
+    fatal: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.fatal is not None or self.counters.failed > 0
+
+
+def policy(settings: Settings) -> queue.Policy:
+    return queue.Policy(
+        max_attempts=settings.max_attempts,
+        retry_base=settings.retry_base_seconds,
+        retry_max=settings.retry_max_seconds,
+        not_found_checks=settings.not_found_checks,
+        not_found_delay=settings.not_found_delay_seconds,
+    )
+
+
+class Syncer:
+    """Drains the queue through the client into the tables, ``settings.lanes`` batches at once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        client: TopClient,
+        run_id: int,
+        *,
+        progress: Progress | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.client = client
+        self.run_id = run_id
+        self.worker = f"{runs.host_id()}#{run_id}"
+        self.progress = progress
+        self.policy = policy(settings)
+        self.counters = runs.RunCounters()
+        self.quality = Quality()
+        self.banned_until: datetime | None = None
+        self.fatal: str | None = None
+        self._last_stats = client.stats.snapshot()
+
+    # ------------------------------------------------------------------------------ the loop
+
+    async def drain(self, stop: asyncio.Event, *, wait_for_retries: float = 0.0) -> DrainResult:
+        """Work until nothing is due (then, with ``wait_for_retries``, wait for retries falling
+        due within that many seconds), a long ban, a fatal error, or ``stop``."""
+        try:
+            freed = await self._db(queue.release_dead_local, socket.gethostname(), runs.pid_alive)
+            if freed:
+                log.warning("released %d ids leased by killed processes on this host", freed)
+        except errors.DatabaseError as exc:
+            log.error("cannot check for killed workers' leases: %s", exc)
+        while not stop.is_set():
+            if await self._ban_active():
+                break
+            await asyncio.gather(*(self._lane(stop) for _ in range(self.settings.lanes)))
+            if self.fatal or self.banned_until or stop.is_set() or wait_for_retries <= 0:
+                break
+            due = await self._db(queue.next_due, timedelta(seconds=wait_for_retries))
+            if due is None:
+                break
+            await _sleep_until(due, stop)
+        self._sync_client_stats()
+        self.counters.details.update(self.quality.details())
+        return DrainResult(self.counters, self.banned_until, self.fatal)
+
+    async def _lane(self, stop: asyncio.Event) -> None:
+        size = self.settings.effective_claim_size()
+        idle_apis: set[str] = set()
+        while not stop.is_set() and not self.fatal and not self.banned_until:
+            progressed = False
+            for api in ("wdk", "omni"):
+                if api in idle_apis or stop.is_set() or self.fatal or self.banned_until:
+                    continue
+                items = await self._claim(api, size)
+                if not items:
+                    idle_apis.add(api)
+                    continue
+                progressed = True
+                await self._batch(api, items)
+            if not progressed:
+                return
+
+    async def _claim(self, api: str, size: int) -> list[queue.Item]:
+        def claim(conn: sa.Connection) -> list[queue.Item]:
+            return queue.claim(
+                conn, api, size, self.settings.lease_seconds, self.worker, self.run_id
+            )
+
+        try:
+            items: list[queue.Item] = await self._db(claim)
+        except errors.DatabaseError as exc:
+            log.error("cannot claim work: %s", exc)
+            return []
+        self.counters.ids_claimed += len(items)
+        return items
+
+    async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(conn, *args)`` in a transaction on a worker thread."""
+
+        def work() -> Any:
+            try:
+                with self.engine.begin() as conn:
+                    return fn(conn, *args)
+            except (
+                sa.exc.OperationalError,
+                sa.exc.InterfaceError,
+                psycopg.OperationalError,
+            ) as exc:
+                raise errors.DatabaseError(f"database unavailable: {exc}") from exc
+
+        return await asyncio.to_thread(work)
+
+    async def _ban_active(self) -> bool:
+        try:
+            until = await self._db(bans.active, self.settings.top_app_key)
+        except errors.DatabaseError:
+            return False
+        if until is not None:
+            self.banned_until = until
+            log.warning("app key is banned until %s; leaving work queued", until.isoformat())
+            return True
+        return False
+
+    # ---------------------------------------------------------------------------- one batch
+
+    async def _batch(self, api: str, items: list[queue.Item]) -> None:
+        started = time.monotonic()
+        try:
+            if api == "wdk":
+                orders, outcomes = await self._fetch_wdk(items)
+            else:
+                orders, outcomes = await self._fetch_omni(items)
+        except errors.RateLimited as exc:
+            await self._on_long_ban(items, exc)
+            return
+        except (errors.AuthError, errors.ClockSkew) as exc:
+            self.fatal = f"{exc.__class__.__name__}: {exc}"
+            log.error("stopping: %s", exc, extra={"run_id": self.run_id})
+            await self._release(items, None, str(exc))
+            return
+        await self._commit(api, items, orders, outcomes)
+        self._sync_client_stats()
+        metrics.BATCH_SECONDS.labels(api).observe(time.monotonic() - started)
+
+    async def _fetch_wdk(
+        self, items: list[queue.Item]
+    ) -> tuple[list[NormalizedOrder], list[queue.Outcome]]:
+        by_kind: dict[str, list[queue.Item]] = {}
+        for item in items:
+            by_kind.setdefault(item.id_kind, []).append(item)
+        orders: list[NormalizedOrder] = []
+        outcomes: list[queue.Outcome] = []
+        for kind, group in by_kind.items():
+            got = await apis.wdk_order_get(
+                self.client, [i.key for i in group], kind, batch_size=self.settings.batch_size
+            )
+            fetched_at = datetime.now(UTC)
+            found: set[str] = set()
+            invalid: dict[str, str] = {}
+            field_name = apis.ID_KINDS[kind].order_field
+            for raw in got.orders:
+                key = str(raw.get(field_name))
+                order = self._normalize("wdk", raw, fetched_at, invalid, key)
+                if order is not None:
+                    orders.append(order)
+                    found.add(key)
+            for item in group:
+                outcomes.append(self._outcome(item, found, got, invalid))
+        return orders, outcomes
+
+    def _outcome(
+        self, item: queue.Item, found: set[str], got: apis.WdkFetch, invalid: dict[str, str]
+    ) -> queue.Outcome:
+        if item.key in found:
+            return queue.Outcome(item, "done")
+        if item.key in invalid:
+            return queue.Outcome(item, "failed", "InvalidOrder", invalid[item.key])
+        if item.key in got.failed:
+            exc = got.failed[item.key]
+            return queue.Outcome(item, "failed", exc.error_class, str(exc))
+        return queue.Outcome(item, "not_found")
+
+    def _normalize(
+        self,
+        api: str,
+        raw: dict[str, Any],
+        fetched_at: datetime,
+        invalid: dict[str, str],
+        key: str,
+        user_id: str | None = None,
+    ) -> NormalizedOrder | None:
+        try:
+            order = (
+                normalize_wdk(raw, fetched_at)
+                if api == "wdk"
+                else normalize_omni(raw, fetched_at, user_id)
+            )
+        except InvalidOrder as exc:
+            self.quality.invalid_orders += 1
+            invalid[key] = str(exc)
+            return None
+        self.quality.note(order)
+        return order
+
+    async def _fetch_omni(
+        self, items: list[queue.Item]
+    ) -> tuple[list[NormalizedOrder], list[queue.Outcome]]:
+        async def one(
+            item: queue.Item,
+        ) -> tuple[queue.Item, dict[str, Any] | errors.TopError | None]:
+            user_id, order_id, out_order_id = omni_parts(item.key)
+            try:
+                return item, await apis.omni_order_query(
+                    self.client, user_id, order_id, out_order_id
+                )
+            except (errors.RateLimited, errors.AuthError, errors.ClockSkew):
+                raise
+            except errors.TopError as exc:
+                return item, exc
+
+        results = await asyncio.gather(*(one(i) for i in items))
+        fetched_at = datetime.now(UTC)
+        orders: list[NormalizedOrder] = []
+        outcomes: list[queue.Outcome] = []
+        for item, got in results:
+            if isinstance(got, errors.TopError):
+                outcomes.append(queue.Outcome(item, "failed", got.error_class, str(got)))
+            elif got is None:
+                outcomes.append(queue.Outcome(item, "not_found"))
+            else:
+                invalid: dict[str, str] = {}
+                user_id = omni_parts(item.key)[0]
+                order = self._normalize("omni", got, fetched_at, invalid, item.key, user_id)
+                if order is None:
+                    outcomes.append(
+                        queue.Outcome(item, "failed", "InvalidOrder", invalid[item.key])
+                    )
+                else:
+                    orders.append(order)
+                    outcomes.append(queue.Outcome(item, "done"))
+        return orders, outcomes
+
+    async def _commit(
+        self,
+        api: str,
+        items: list[queue.Item],
+        orders: list[NormalizedOrder],
+        outcomes: list[queue.Outcome],
+    ) -> None:
+        """Load and ack in one transaction; retried while the database is unreachable."""
+
+        def work(conn: sa.Connection) -> tuple[load.LoadResult, int]:
+            pg = conn.connection.driver_connection
+            assert isinstance(pg, psycopg.Connection)
+            result = load.load(pg, api, orders)
+            acked = queue.ack(conn, outcomes, self.policy, self.worker)
+            return result, acked
+
+        deadline = time.monotonic() + DB_RETRY_SECONDS
+        delay = 0.5
+        while True:
+            try:
+                result, acked = await self._db(work)
+                break
+            except errors.DatabaseError as exc:
+                if time.monotonic() > deadline:
+                    log.error("giving up on a batch: %s (its lease will expire)", exc)
+                    return
+                log.warning("database unavailable, retrying the batch in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        if acked < len(outcomes):
+            log.warning("%d ids were reclaimed by another worker (lease expired)",
+                        len(outcomes) - acked)  # fmt: skip
+        self._count(api, result, outcomes)
+
+    def _count(self, api: str, result: load.LoadResult, outcomes: list[queue.Outcome]) -> None:
+        c, o = self.counters, result.orders
+        c.orders_inserted += o.inserted
+        c.orders_updated += o.updated
+        c.orders_unchanged += o.unchanged
+        c.orders_stale += o.stale
+        for name in ("inserted", "updated", "unchanged", "stale"):
+            metrics.ORDERS.labels(api, name).inc(getattr(o, name))
+        settled = failed = 0
+        for outcome in outcomes:
+            metrics.IDS.labels(api, outcome.result).inc()
+            if outcome.result == "not_found":
+                c.not_found += 1
+                settled += 1
+            elif outcome.result == "failed":
+                c.failed += 1
+                failed += 1
+                if outcome.item.attempts + 1 >= self.policy.max_attempts:
+                    settled += 1
+            else:
+                settled += 1
+        if self.progress:
+            self.progress(settled, failed)
+
+    async def _on_long_ban(self, items: list[queue.Item], exc: errors.RateLimited) -> None:
+        until = datetime.now(UTC) + timedelta(seconds=exc.retry_after)
+        self.banned_until = until
+        log.warning("long flow-control ban: leaving %d ids queued until %s", len(items),
+                    until.isoformat(), extra={"sub_code": exc.sub_code})  # fmt: skip
+        await self._release(items, until, f"banned until {until.isoformat()}")
+        try:
+            await self._db(bans.record, self.settings.top_app_key, until, exc.sub_code, str(exc))
+        except errors.DatabaseError as db_exc:
+            log.error("cannot record the ban: %s", db_exc)
+
+    async def _release(self, items: list[queue.Item], until: datetime | None, reason: str) -> None:
+        try:
+            await self._db(queue.release, items, self.worker, until, reason)
+        except errors.DatabaseError as exc:
+            log.error("cannot release %d ids (their lease will expire): %s", len(items), exc)
+
+    def _sync_client_stats(self) -> None:
+        now = self.client.stats.snapshot()
+        before = self._last_stats
+        self.counters.api_calls += now.calls - before.calls
+        self.counters.retries += now.retries - before.retries
+        self.counters.bans += now.bans - before.bans
+        metrics.API_CALLS.labels("sent").inc(now.calls - before.calls)
+        metrics.BANS.inc(now.bans - before.bans)
+        for cls, n in (now.errors - before.errors).items():
+            metrics.ERRORS.labels(cls).inc(n)
+        self._last_stats = now
+
+
+async def _sleep_until(when: datetime, stop: asyncio.Event) -> None:
+    seconds = max(0.0, (when - datetime.now(UTC)).total_seconds()) + 0.05
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -82,9 +82,46 @@ class Settings(BaseModel):
     batch_size: int = Field(20, ge=1, le=1000, description="ids per alibaba.wdk.order.get call")
     concurrency: int = Field(4, ge=1, le=256, description="platform calls in flight per process")
 
+    # --- the queue and the worker
+    claim_size: int = Field(
+        0, ge=0, le=100_000, description="ids claimed per batch; 0 = batch_size x concurrency"
+    )
+    lanes: int = Field(2, ge=1, le=32, description="batches in flight per process")
+    lease_seconds: float = Field(300.0, ge=5, le=86_400, description="claim lease, seconds")
+    max_attempts: int = Field(6, ge=1, le=100, description="failed fetches of an id before dead")
+    retry_base_seconds: float = Field(
+        30.0, gt=0, le=86_400, description="first retry delay of a failed id, seconds"
+    )
+    retry_max_seconds: float = Field(
+        3600.0, gt=0, le=7 * 86_400, description="longest retry delay of a failed id, seconds"
+    )
+    not_found_checks: int = Field(
+        3, ge=1, le=100, description="times an id is asked for before it stays not_found"
+    )
+    not_found_delay_seconds: float = Field(
+        600.0, ge=0, le=7 * 86_400, description="first re-check of a not-found id, seconds"
+    )
+    poll_seconds: float = Field(5.0, gt=0, le=3600, description="worker: queue drain interval")
+    refresh_interval_seconds: float = Field(
+        300.0, gt=0, le=86_400, description="worker: how often open orders are re-enqueued"
+    )
+    refresh_after_seconds: float = Field(
+        3600.0, ge=0, le=30 * 86_400, description="worker: re-fetch open orders synced before"
+    )
+    final_statuses: str = Field(
+        "SUCCESS,CLOSED,CANCELLED,CANCELED,REFUNDED,FINISHED",
+        description="wdk order_status values that are final (comma-separated)",
+    )
+
     # --- logging
     log_format: LogFormat = Field("text", description="text or json (one object per line)")
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    def final_status_list(self) -> list[str]:
+        return [x.strip() for x in self.final_statuses.split(",") if x.strip()]
+
+    def effective_claim_size(self) -> int:
+        return self.claim_size or self.batch_size * self.concurrency
 
     def secrets(self) -> list[str]:
         """The secret values, for log redaction (never print these)."""

@@ -19,3 +19,26 @@ def settings_for(url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"top_url": url, **FAST}
     values.update({k: str(v) for k, v in overrides.items()})
     return load_settings(values, env={"ETL_CONFIG": ""})
+
+
+def etl_env(db_url: str, top_url: str, **settings: Any) -> dict[str, str]:
+    """Environment for an `etl` subprocess: this test's database and simulator, no config file."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+    env.update(
+        ETL_CONFIG="",
+        ETL_DATABASE_URL=db_url,
+        ETL_TOP_URL=top_url,
+        ETL_TOP_BACKOFF_BASE="0.01",
+        ETL_TOP_BACKOFF_MAX="0.1",
+        ETL_LOG_LEVEL="WARNING",
+    )
+    env.update({f"ETL_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def etl_cmd(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "etl", *args]

@@ -378,3 +378,24 @@ order_archive = sa.Table(
     sa.Index(None, "api", "order_key", "fetched_at"),
     comment="every changed version of every order, as received: the audit trail",
 )
+
+top_bans = sa.Table(
+    "top_bans",
+    metadata,
+    c("app_key", sa.Text, "the app key the platform banned", primary_key=True),
+    c("until", TZ, "when the ban ends", nullable=False),
+    c(
+        "sub_code",
+        sa.Text,
+        "the platform's sub_code, e.g. accesscontrol.limited-by-app-access-count",
+    ),
+    c("message", sa.Text, "the platform's message"),
+    c(
+        "updated_at",
+        TZ,
+        "when a worker last met it",
+        nullable=False,
+        server_default=sa.text("now()"),
+    ),
+    comment="flow-control bans longer than top_ban_threshold, shared by every worker",
+)

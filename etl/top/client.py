@@ -23,7 +23,7 @@ import orjson
 from etl import chinatime, errors
 from etl.settings import Settings
 from etl.top import envelope, signing
-from etl.top.ratelimit import FlowControl, shared
+from etl.top.ratelimit import BanTooLong, FlowControl, shared
 
 log = logging.getLogger(__name__)
 
@@ -170,10 +170,13 @@ class TopClient:
         ban_waits = 0
         clock_retried = False
         while True:
-            self._check_long_ban(method)
             try:
-                async with self.flow.slot():
+                async with self.flow.slot(max_ban_wait=s.top_ban_threshold):
                     return await self._once(method, business)
+            except BanTooLong as exc:
+                raise errors.RateLimited(
+                    "app key is banned (flow control)", retry_after=exc.remaining, method=method
+                ) from None
             except errors.RateLimited as exc:
                 self.stats.bans += 1
                 self.flow.gate.ban(exc.retry_after + self._rng.uniform(0.05, 0.25))
@@ -196,15 +199,8 @@ class TopClient:
                     raise
                 self.stats.retries += 1
                 delay = backoff(attempt, s.top_backoff_base, s.top_backoff_max, self._rng)
-                log.info("retrying after %.2fs", delay, extra=_err_context(exc, attempt))
+                log.debug("retrying after %.2fs", delay, extra=_err_context(exc, attempt))
                 await asyncio.sleep(delay)
-
-    def _check_long_ban(self, method: str) -> None:
-        left = self.flow.gate.remaining()
-        if left > self.settings.top_ban_threshold:
-            raise errors.RateLimited(
-                "app key is banned (flow control)", retry_after=left, method=method
-            )
 
     async def _once(self, method: str, business: Mapping[str, Any]) -> dict[str, Any]:
         if self._session is None:

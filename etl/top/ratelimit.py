@@ -86,13 +86,30 @@ class FlowControl:
         self._slots = asyncio.Semaphore(concurrency)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold a concurrency slot for one call, after the ban (if any) and a rate token."""
+    async def slot(self, max_ban_wait: float = float("inf")) -> AsyncIterator[None]:
+        """Hold a concurrency slot for one call, after the ban (if any) and a rate token.
+
+        Raises :class:`BanTooLong` instead of waiting out a ban longer than ``max_ban_wait``.
+        """
         async with self._slots:
-            await self.gate.wait()
+            await self._wait_ban(max_ban_wait)
             await self.bucket.acquire()
-            await self.gate.wait()  # a ban may have started while we queued for the token
+            await self._wait_ban(max_ban_wait)  # a ban may have begun while we queued
             yield
+
+    async def _wait_ban(self, max_wait: float) -> None:
+        left = self.gate.remaining()
+        if left > max_wait:
+            raise BanTooLong(left)
+        await self.gate.wait()
+
+
+class BanTooLong(Exception):
+    """The app key is banned for longer than the caller is willing to wait."""
+
+    def __init__(self, remaining: float) -> None:
+        super().__init__(f"banned for {remaining:.0f} more seconds")
+        self.remaining = remaining
 
 
 _shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, FlowControl]] = (
