@@ -74,6 +74,14 @@ def handle_errors(f: F) -> F:
         except errors.EtlError as exc:
             click.echo(f"etl: error: {exc}", err=True)
             sys.exit(EXIT_FAILED)
+        except Exception as exc:
+            from etl.db.engine import translate
+
+            translated = translate(exc)
+            if translated is None:
+                raise
+            click.echo(f"etl: error: {translated}", err=True)
+            sys.exit(EXIT_FAILED)
 
     return wrapper  # type: ignore[return-value]
 
@@ -343,8 +351,16 @@ def _kind(api: str, id_kind: str) -> str:
 @click.argument("ids", nargs=-1)
 @pass_state
 @handle_errors
-def enqueue(state: State, /, api: str, id_kind: str, file: str | None, refresh: bool,
-            skip_invalid: bool, ids: tuple[str, ...]) -> None:  # fmt: skip
+def enqueue(
+    state: State,
+    /,
+    api: str,
+    id_kind: str,
+    file: str | None,
+    refresh: bool,
+    skip_invalid: bool,
+    ids: tuple[str, ...],
+) -> None:
     """Queue ids to fetch: IDS as arguments, --file F, or - for stdin."""
     from etl import app
     from etl.db import queue
@@ -397,12 +413,26 @@ def sync(state: State, /) -> None:
 
 @main.command()
 @_id_options
-@click.option("--wait", default=120.0, show_default=True, type=float, metavar="SECONDS",
-              help="keep going while failed ids fall due for a retry within this time")  # fmt: skip
+@click.option(
+    "--wait",
+    default=120.0,
+    show_default=True,
+    type=float,
+    metavar="SECONDS",
+    help="keep going while failed ids fall due for a retry within this time",
+)
 @pass_state
 @handle_errors
-def backfill(state: State, /, api: str, id_kind: str, file: str | None, refresh: bool,
-             skip_invalid: bool, wait: float) -> None:  # fmt: skip
+def backfill(
+    state: State,
+    /,
+    api: str,
+    id_kind: str,
+    file: str | None,
+    refresh: bool,
+    skip_invalid: bool,
+    wait: float,
+) -> None:
     """Enqueue the ids of --file and drain them with a progress bar.
 
     Re-running the same command resumes: ids already done are skipped (--refresh fetches them
@@ -458,8 +488,14 @@ def backfill(state: State, /, api: str, id_kind: str, file: str | None, refresh:
                     rate = done[0] / max(0.001, time.monotonic() - started)
                     bar.update(task, completed=min(done[0], todo), rate=rate, errors=done[1])
 
-                return await app.drain_once(state.settings, engine, "backfill", stop=stop,
-                                            progress=progress, wait_for_retries=wait)  # fmt: skip
+                return await app.drain_once(
+                    state.settings,
+                    engine,
+                    "backfill",
+                    stop=stop,
+                    progress=progress,
+                    wait_for_retries=wait,
+                )
 
     import time
 
@@ -563,19 +599,58 @@ def status(state: State, /, n_runs: int) -> None:
         click.echo("no active ban")
     _table(
         "last runs",
-        ["id", "kind", "status", "started", "ended", "claimed", "calls", "retries", "bans",
-         "inserted", "updated", "unchanged", "not found", "failed"],
-        [[r["id"], r["kind"], r["status"], r["started_at"], r["ended_at"], r["ids_claimed"],
-          r["api_calls"], r["retries"], r["bans"], r["orders_inserted"], r["orders_updated"],
-          r["orders_unchanged"], r["not_found"], r["failed"]] for r in last],
-    )  # fmt: skip
+        [
+            "id",
+            "kind",
+            "status",
+            "started",
+            "ended",
+            "claimed",
+            "calls",
+            "retries",
+            "bans",
+            "inserted",
+            "updated",
+            "unchanged",
+            "not found",
+            "failed",
+        ],
+        [
+            [
+                r["id"],
+                r["kind"],
+                r["status"],
+                r["started_at"],
+                r["ended_at"],
+                r["ids_claimed"],
+                r["api_calls"],
+                r["retries"],
+                r["bans"],
+                r["orders_inserted"],
+                r["orders_updated"],
+                r["orders_unchanged"],
+                r["not_found"],
+                r["failed"],
+            ]
+            for r in last
+        ],
+    )
     if dead:
         _table(
             "dead ids (latest 10; `etl dlq list` for more)",
             ["api", "kind", "key", "attempts", "error class", "error"],
-            [[d["api"], d["id_kind"], d["key"], d["attempts"], d["last_error_class"],
-              (d["last_error"] or "")[:80]] for d in dead],
-        )  # fmt: skip
+            [
+                [
+                    d["api"],
+                    d["id_kind"],
+                    d["key"],
+                    d["attempts"],
+                    d["last_error_class"],
+                    (d["last_error"] or "")[:80],
+                ]
+                for d in dead
+            ],
+        )
 
 
 @main.group()
@@ -626,8 +701,13 @@ def dlq_requeue(state: State, /, error_class: str | None, api: str | None) -> No
 @main.command()
 @click.option("--wdk", "n_wdk", default=1000, show_default=True, help="wdk ids to enqueue")
 @click.option("--omni", "n_omni", default=50, show_default=True, help="omni orders to enqueue")
-@click.option("--fault-rate", default=0.05, show_default=True, type=float,
-              help="transient faults the simulator injects")  # fmt: skip
+@click.option(
+    "--fault-rate",
+    default=0.05,
+    show_default=True,
+    type=float,
+    help="transient faults the simulator injects",
+)
 @pass_state
 @handle_errors
 def demo(state: State, /, n_wdk: int, n_omni: int, fault_rate: float) -> None:

@@ -12,7 +12,7 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,6 +43,11 @@ class Quality:
     bad_fields: Counter[str] = field(default_factory=Counter)
     unknown_fields: set[str] = field(default_factory=set)
     invalid_orders: int = 0
+
+    def merge(self, other: Quality) -> None:
+        self.bad_fields.update(other.bad_fields)
+        self.unknown_fields |= other.unknown_fields
+        self.invalid_orders += other.invalid_orders
 
     def note(self, order: NormalizedOrder) -> None:
         for name in order.bad_fields:
@@ -335,16 +340,11 @@ class Syncer:
             got = await apis.wdk_order_get(
                 self.client, [i.key for i in group], kind, batch_size=self.settings.batch_size
             )
-            fetched_at = datetime.now(UTC)
-            found: set[str] = set()
-            invalid: dict[str, str] = {}
             field_name = apis.ID_KINDS[kind].order_field
-            for raw in got.orders:
-                key = str(raw.get(field_name))
-                order = self._normalize("wdk", raw, fetched_at, invalid, key)
-                if order is not None:
-                    orders.append(order)
-                    found.add(key)
+            entries = [(str(raw.get(field_name)), raw, None) for raw in got.orders]
+            normalized, invalid = await self._normalize_all("wdk", entries)
+            orders.extend(normalized.values())
+            found = set(normalized)
             for item in group:
                 outcomes.append(self._outcome(item, found, got, invalid))
         return orders, outcomes
@@ -361,27 +361,34 @@ class Syncer:
             return queue.Outcome(item, "failed", exc.error_class, str(exc))
         return queue.Outcome(item, "not_found")
 
-    def _normalize(
-        self,
-        api: str,
-        raw: dict[str, Any],
-        fetched_at: datetime,
-        invalid: dict[str, str],
-        key: str,
-        user_id: str | None = None,
-    ) -> NormalizedOrder | None:
-        try:
-            order = (
-                normalize_wdk(raw, fetched_at)
-                if api == "wdk"
-                else normalize_omni(raw, fetched_at, user_id)
-            )
-        except InvalidOrder as exc:
-            self.quality.invalid_orders += 1
-            invalid[key] = str(exc)
-            return None
-        self.quality.note(order)
-        return order
+    async def _normalize_all(
+        self, api: str, entries: Sequence[tuple[str, dict[str, Any], str | None]]
+    ) -> tuple[dict[str, NormalizedOrder], dict[str, str]]:
+        """Normalize (key, raw, user_id) entries on a worker thread, off the event loop."""
+        fetched_at = datetime.now(UTC)
+
+        def work() -> tuple[dict[str, NormalizedOrder], dict[str, str], Quality]:
+            quality = Quality()
+            done: dict[str, NormalizedOrder] = {}
+            invalid: dict[str, str] = {}
+            for key, raw, user_id in entries:
+                try:
+                    order = (
+                        normalize_wdk(raw, fetched_at)
+                        if api == "wdk"
+                        else normalize_omni(raw, fetched_at, user_id)
+                    )
+                except InvalidOrder as exc:
+                    quality.invalid_orders += 1
+                    invalid[key] = str(exc)
+                    continue
+                quality.note(order)
+                done[key] = order
+            return done, invalid, quality
+
+        done, invalid, quality = await asyncio.to_thread(work)
+        self.quality.merge(quality)
+        return done, invalid
 
     async def _fetch_omni(
         self, items: list[queue.Item]
@@ -400,26 +407,23 @@ class Syncer:
                 return item, exc
 
         results = await asyncio.gather(*(one(i) for i in items))
-        fetched_at = datetime.now(UTC)
-        orders: list[NormalizedOrder] = []
+        entries = [
+            (item.key, got, omni_parts(item.key)[0])
+            for item, got in results
+            if isinstance(got, dict)
+        ]
+        normalized, invalid = await self._normalize_all("omni", entries)
         outcomes: list[queue.Outcome] = []
         for item, got in results:
             if isinstance(got, errors.TopError):
                 outcomes.append(queue.Outcome(item, "failed", got.error_class, str(got)))
             elif got is None:
                 outcomes.append(queue.Outcome(item, "not_found"))
+            elif item.key in invalid:
+                outcomes.append(queue.Outcome(item, "failed", "InvalidOrder", invalid[item.key]))
             else:
-                invalid: dict[str, str] = {}
-                user_id = omni_parts(item.key)[0]
-                order = self._normalize("omni", got, fetched_at, invalid, item.key, user_id)
-                if order is None:
-                    outcomes.append(
-                        queue.Outcome(item, "failed", "InvalidOrder", invalid[item.key])
-                    )
-                else:
-                    orders.append(order)
-                    outcomes.append(queue.Outcome(item, "done"))
-        return orders, outcomes
+                outcomes.append(queue.Outcome(item, "done"))
+        return list(normalized.values()), outcomes
 
     async def _commit(
         self,
@@ -451,8 +455,9 @@ class Syncer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         if acked < len(outcomes):
-            log.warning("%d ids were reclaimed by another worker (lease expired)",
-                        len(outcomes) - acked)  # fmt: skip
+            log.warning(
+                "%d ids were reclaimed by another worker (lease expired)", len(outcomes) - acked
+            )
         self._count(api, result, outcomes)
 
     def _count(self, api: str, result: load.LoadResult, outcomes: list[queue.Outcome]) -> None:
@@ -482,8 +487,12 @@ class Syncer:
     async def _on_long_ban(self, items: list[queue.Item], exc: errors.RateLimited) -> None:
         until = datetime.now(UTC) + timedelta(seconds=exc.retry_after)
         self.banned_until = until
-        log.warning("long flow-control ban: leaving %d ids queued until %s", len(items),
-                    until.isoformat(), extra={"sub_code": exc.sub_code})  # fmt: skip
+        log.warning(
+            "long flow-control ban: leaving %d ids queued until %s",
+            len(items),
+            until.isoformat(),
+            extra={"sub_code": exc.sub_code},
+        )
         await self._release(items, until, f"banned until {until.isoformat()}")
         try:
             await self._db(bans.record, self.settings.top_app_key, until, exc.sub_code, str(exc))

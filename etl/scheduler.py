@@ -81,8 +81,9 @@ class Worker:
             log.info("re-enqueued %d open orders for a refresh", n)
 
     async def reclaim(self) -> None:
-        n = await self._to_thread(with_advisory_lock, self.engine, LOCK_RECLAIM,
-                                  queue.reclaim_expired)  # fmt: skip
+        n = await self._to_thread(
+            with_advisory_lock, self.engine, LOCK_RECLAIM, queue.reclaim_expired
+        )
         if n:
             log.warning("reclaimed %d ids whose worker's lease expired", n)
 

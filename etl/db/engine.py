@@ -126,3 +126,16 @@ def psycopg_connection(engine: Engine) -> Iterator[psycopg.Connection[Any]]:
         yield conn
     finally:
         pooled.close()  # the pool's reset-on-return rolls back an open transaction
+
+
+def translate(exc: BaseException) -> errors.DatabaseError | None:
+    """A database driver / SQLAlchemy error as a DatabaseError with a one-line message (the
+    driver's messages name host and port, never the password); None for anything else."""
+    if isinstance(exc, errors.DatabaseError):
+        return exc
+    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    if isinstance(exc, sa.exc.SQLAlchemyError | psycopg.Error):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return errors.DatabaseError(f"database: {first}")
+    return None

