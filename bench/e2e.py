@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--latency-ms", type=float, default=60)
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--lanes", type=int, default=None, help="default: the setting's default")
     a = p.parse_args()
     url = scratch_database("etl_bench_e2e")
     ids = [str(data.FIRST_DEMO_BIZ_ID + i) for i in range(a.ids)]
@@ -60,6 +61,8 @@ def main() -> None:
             ETL_CONCURRENCY=str(a.concurrency),
             ETL_LOG_LEVEL="WARNING",
         )
+        if a.lanes:
+            env["ETL_LANES"] = str(a.lanes)
         started = time.monotonic()
         subprocess.run(
             [sys.executable, "-m", "etl", "backfill", "--file", path],
