@@ -550,15 +550,9 @@ def worker(state: State, /, metrics_port: int | None) -> None:
 
 
 def _table(title: str, headers: list[str], rows: list[list[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from etl.reports import as_table
 
-    table = Table(title=title, title_justify="left")
-    for h in headers:
-        table.add_column(h)
-    for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row])
-    Console(width=140).print(table)
+    click.echo(f"\n{title}\n{as_table(headers, [tuple(r) for r in rows])}")
 
 
 @main.command()
@@ -718,3 +712,64 @@ def demo(state: State, /, n_wdk: int, n_omni: int, fault_rate: float) -> None:
     from etl import demo as demo_mod
 
     asyncio.run(demo_mod.run(state.settings, n_wdk, n_omni, fault_rate))
+
+
+# -------------------------------------------------------------------------------------- reports
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--list", "list_", is_flag=True, help="describe each report")
+@click.option("--since", default=None, metavar="DATE", help="first China-time day (YYYY-MM-DD)")
+@click.option("--until", default=None, metavar="DATE", help="last China-time day, included")
+@click.option("--store", default=None, help="one store (store_id / o2o_shop_id)")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--limit", type=int, default=None, help="at most this many rows")
+@pass_state
+@handle_errors
+def report(
+    state: State,
+    /,
+    name: str | None,
+    list_: bool,
+    since: str | None,
+    until: str | None,
+    store: str | None,
+    fmt: str,
+    limit: int | None,
+) -> None:
+    """Print a reporting view: daily-sales, pay-channel-mix, item-sales, omni-guides,
+    sync-freshness or data-quality (`etl report --list` describes each)."""
+    from etl import app, reports
+
+    if list_ or not name:
+        for r in reports.REPORTS.values():
+            click.echo(f"{r.name:<16} {r.view:<24} {r.description}")
+        return
+    if name not in reports.REPORTS:
+        raise errors.InputError(f"unknown report {name!r}; one of: {', '.join(reports.REPORTS)}")
+    day_since = _day(since)
+    day_until = _day(until)
+    with app.database(state.settings) as engine, engine.begin() as conn:
+        try:
+            text = reports.render(conn, name, day_since, day_until, store, fmt, limit)
+        except ValueError as exc:
+            raise errors.InputError(str(exc)) from None
+    click.echo(text, nl=not text.endswith("\n"))
+
+
+def _day(value: str | None) -> Any:
+    if value is None:
+        return None
+    from datetime import date
+
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise errors.InputError(f"{value!r} is not a date (YYYY-MM-DD)") from None

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import timedelta
 from typing import Any
 
 import click
 import sqlalchemy as sa
 
-from etl import app
+from etl import app, reports
 from etl.db import queue
 from etl.ids import omni_parts
 from etl.settings import Settings
@@ -21,6 +22,7 @@ from etl.simulator import data
 from etl.simulator.server import FAULT_KINDS, Simulator, SimulatorConfig
 
 DEMO_GUIDE = "3031798632"
+DEMO_REPORT_DAYS = 3
 
 
 def demo_keys(n_wdk: int, n_omni: int) -> tuple[list[str], list[str]]:
@@ -111,22 +113,17 @@ def _report(engine: sa.Engine, outcome: app.RunOutcome, sim: Simulator) -> None:
         "SELECT 'order_archive', count(*) FROM order_archive",
     )
     click.echo("\nrows: " + ", ".join(f"{t} {n}" for t, n in counts))
-    sales = _rows(
-        engine,
-        "SELECT store_id, count(*) FILTER (WHERE trd_type = 1), "
-        "count(*) FILTER (WHERE trd_type = 2),"
-        " round(sum(pay_amt) FILTER (WHERE trd_type = 1) / 100.0, 2),"
-        " round(coalesce(sum(pay_amt) FILTER (WHERE trd_type = 2), 0) / 100.0, 2) "
-        "FROM wdk_orders GROUP BY store_id ORDER BY store_id",
-    )
-    click.echo("\nstore        sales  refunds   paid (yuan)  refunded (yuan)")
-    for store, n_sales, n_refunds, paid, refunded in sales:
-        click.echo(f"{store:<12} {n_sales:>5} {n_refunds:>8} {paid:>13} {refunded:>16}")
     states = _rows(
         engine, "SELECT api, state, count(*) FROM sync_queue GROUP BY 1, 2 ORDER BY 1, 2"
     )
-    click.echo("\nqueue: " + ", ".join(f"{a}/{s} {n}" for a, s, n in states))
-    click.echo("\nnext: `etl status`, or query the tables (README: The data)")
+    click.echo("queue: " + ", ".join(f"{a}/{s} {n}" for a, s, n in states))
+    with engine.begin() as conn:
+        last_day = conn.execute(sa.text("SELECT max(day) FROM report_daily_sales")).scalar()
+        since = last_day - timedelta(days=DEMO_REPORT_DAYS - 1) if last_day else None
+        click.echo(f"\n{reports.render(conn, 'daily-sales', since=since)}")
+        click.echo(f"(the last {DEMO_REPORT_DAYS} days with sales; all: etl report daily-sales)")
+        click.echo(f"\n{reports.render(conn, 'sync-freshness')}")
+    click.echo("\nnext: `etl status`, `etl report --list`, or query the tables (README: The data)")
 
 
 __all__ = ["demo_keys", "omni_parts", "run"]

@@ -48,6 +48,5 @@ def test_compose_commands_exist() -> None:
     from etl.cli import main
 
     services = _compose()["services"]
-    # TODO(issue 5): add "etl" (the worker command) once it exists.
-    for name in ("migrate",):
+    for name in ("migrate", "etl"):
         assert services[name]["command"][0] in main.commands, services[name]["command"]
