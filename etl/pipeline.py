@@ -94,8 +94,9 @@ def normalize(
     fetched_at: datetime,
     quality: Quality,
     user_id: str | None = None,
-) -> NormalizedOrder | None:
-    """Normalize one raw order, noting what was odd; None for an order that cannot be stored."""
+) -> tuple[NormalizedOrder | None, str | None]:
+    """Normalize one raw order, noting what was odd in ``quality``; ``(None, why)`` for an order
+    that cannot be stored."""
     try:
         order = (
             normalize_wdk(raw, fetched_at)
@@ -105,9 +106,9 @@ def normalize(
     except InvalidOrder as exc:
         quality.invalid_orders += 1
         log.error("order cannot be stored: %s", exc)
-        return None
+        return None, str(exc)
     quality.note(order)
-    return order
+    return order, None
 
 
 def _stored(conn: psycopg.Connection[Any], api: str, since: datetime | None) -> Iterator[list[Any]]:
@@ -144,11 +145,8 @@ def replay(
         ):
             for api in apis:
                 for rows in _stored(reader, api, since):
-                    batch = [
-                        o
-                        for raw, at, user in rows
-                        if (o := normalize(api, raw, at, quality, user)) is not None
-                    ]
+                    normalized = [normalize(api, raw, at, quality, user) for raw, at, user in rows]
+                    batch = [o for o, _ in normalized if o is not None]
                     result = load.load(writer, api, batch, rebuild=True)
                     writer.commit()
                     counters.orders_updated += result.orders.inserted + result.orders.updated
@@ -172,10 +170,6 @@ def replay(
 
 DB_RETRY_SECONDS = 90.0  # how long a batch's commit is retried while the database is away
 Progress = Callable[[int, int], None]  # (ids settled, of which failed)
-
-
-class Fatal(errors.EtlError):
-    """The run cannot go on (session invalid, clock wrong): nothing more is claimed."""
 
 
 @dataclass
@@ -372,18 +366,11 @@ class Syncer:
             done: dict[str, NormalizedOrder] = {}
             invalid: dict[str, str] = {}
             for key, raw, user_id in entries:
-                try:
-                    order = (
-                        normalize_wdk(raw, fetched_at)
-                        if api == "wdk"
-                        else normalize_omni(raw, fetched_at, user_id)
-                    )
-                except InvalidOrder as exc:
-                    quality.invalid_orders += 1
-                    invalid[key] = str(exc)
-                    continue
-                quality.note(order)
-                done[key] = order
+                order, why = normalize(api, raw, fetched_at, quality, user_id)
+                if order is None:
+                    invalid[key] = why or "invalid order"
+                else:
+                    done[key] = order
             return done, invalid, quality
 
         done, invalid, quality = await asyncio.to_thread(work)

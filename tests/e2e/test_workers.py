@@ -151,8 +151,13 @@ def test_long_quota_ban_leaves_work_pending_and_the_worker_resumes(
         )
         _enqueue(env, ids, tmp_path)
         sim.sim.script("quota_ban:6")
+        port = _free_port()
         worker = subprocess.Popen(
-            etl_cmd("worker"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            etl_cmd("worker", "--metrics-port", str(port)),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
             deadline = time.monotonic() + 30
@@ -184,6 +189,12 @@ def test_long_quota_ban_leaves_work_pending_and_the_worker_resumes(
                 if left == 0:
                     break
             assert left == 0
+            metrics = _metrics(port)
+            assert "etl_bans_total 1.0" in metrics
+            assert 'etl_orders_total{api="wdk",result="inserted"}' in metrics
+            assert 'etl_ids_total{api="wdk",outcome="done"}' in metrics
+            assert "etl_batch_seconds_bucket" in metrics
+            assert 'etl_queue_depth{api="wdk",state=' in metrics
         finally:
             worker.send_signal(signal.SIGTERM)
             _out, err = worker.communicate(timeout=60)
@@ -249,6 +260,21 @@ def test_worker_recovers_from_a_postgres_restart(tmp_path: Path) -> None:
             _consistent(url)
     finally:
         server.cleanup()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _metrics(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return str(r.read().decode())
 
 
 def _restart(server: Any) -> None:
