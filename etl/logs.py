@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 from collections.abc import Iterable
@@ -9,6 +10,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+# Context added to every record logged in the current task / thread (run id, batch).
+CONTEXT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "etl_log_context", default=None
+)
+
+
+def bind(**values: Any) -> None:
+    """Add ``values`` to every later log record of this task (asyncio tasks and to_thread calls
+    inherit a copy, so concurrent batches keep their own)."""
+    CONTEXT.set({**(CONTEXT.get() or {}), **values})
+
 
 # Attributes every LogRecord has; anything else passed via ``extra=`` is structured context.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -32,6 +45,9 @@ class RedactingFilter(logging.Filter):
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (CONTEXT.get() or {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
         if not self._secrets:
             return True
         record.msg = self._scrub(record.getMessage())

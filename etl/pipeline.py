@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.engine import Engine
 
-from etl import errors, metrics
+from etl import errors, logs, metrics
 from etl.db import bans, load, queue, runs
 from etl.db import engine as db_engine
 from etl.ids import omni_parts
@@ -223,6 +223,7 @@ class Syncer:
     async def drain(self, stop: asyncio.Event, *, wait_for_retries: float = 0.0) -> DrainResult:
         """Work until nothing is due (then, with ``wait_for_retries``, wait for retries falling
         due within that many seconds), a long ban, a fatal error, or ``stop``."""
+        logs.bind(run_id=self.run_id)
         try:
             freed = await self._db(queue.release_dead_local, socket.gethostname(), runs.pid_alive)
             if freed:
@@ -305,6 +306,7 @@ class Syncer:
 
     async def _batch(self, api: str, items: list[queue.Item]) -> None:
         started = time.monotonic()
+        logs.bind(run_id=self.run_id, batch=f"{api}:{items[0].id}+{len(items)}")
         try:
             if api == "wdk":
                 orders, outcomes = await self._fetch_wdk(items)

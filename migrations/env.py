@@ -45,6 +45,8 @@ def run_migrations_online() -> None:
         # One migration run at a time, whoever starts it (several workers may start together).
         connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7301001)")
         context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+        # What the schema was once we hold the lock (etl migrate reports it).
+        config.attributes["etl_before"] = context.get_context().get_current_revision()
         with context.begin_transaction():
             context.run_migrations()
         connection.commit()

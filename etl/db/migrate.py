@@ -45,10 +45,15 @@ def current_revision(url: str) -> str | None:
 
 
 def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
-    """Upgrade to ``revision``; returns (revision before, revision after)."""
-    before = current_revision(url)
-    command.upgrade(alembic_config(url), revision)
-    return before, current_revision(url)
+    """Upgrade to ``revision``; returns (revision before, revision after).
+
+    Concurrent upgrades serialise on an advisory lock (migrations/env.py); "before" is what this
+    caller found once it held the lock, so only one of them reports having migrated.
+    """
+    cfg = alembic_config(url)
+    command.upgrade(cfg, revision)
+    before = cfg.attributes.get("etl_before")
+    return (str(before) if before else None), current_revision(url)
 
 
 def downgrade(url: str, revision: str) -> None:
