@@ -224,11 +224,15 @@ def simulate(
     )
 
     async def serve() -> None:
+        from etl import app
+
         sim = Simulator(config)
         url = await sim.start(host, port)
         click.echo(f"TOP simulator listening on {url} (app_key {config.app_key}); Ctrl-C stops")
+        stop = asyncio.Event()
+        app.stop_on_signals(stop)
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
             await sim.stop()
             click.echo(f"counters: {sim.counters.as_dict()}")
