@@ -13,6 +13,8 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from etl import chinatime
+
 
 @dataclass(frozen=True)
 class Report:
@@ -119,6 +121,8 @@ def _plain(value: Any) -> Any:
             if value == value.to_integral_value() and "." not in str(value)
             else str(value)
         )
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(chinatime.CHINA).isoformat()  # reports speak China time
     if isinstance(value, datetime | date):
         return value.isoformat()
     if hasattr(value, "total_seconds"):

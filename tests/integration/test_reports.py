@@ -288,7 +288,7 @@ def test_every_report_is_a_view(conn: sa.Connection) -> None:
 
 def test_output_formats() -> None:
     cols, data = ["a", "b"], [(1, Decimal("2.50")), (None, datetime(2024, 1, 1, tzinfo=UTC))]
-    assert reports.as_csv(cols, data) == "a,b\n1,2.50\n,2024-01-01T00:00:00+00:00\n"
+    assert reports.as_csv(cols, data) == "a,b\n1,2.50\n,2024-01-01T08:00:00+08:00\n"
     assert reports.as_json(cols, data).startswith('[\n  {\n    "a": 1,\n    "b": "2.50"')
     table = reports.as_table(cols, data)
     assert table.splitlines()[0].startswith("a")
