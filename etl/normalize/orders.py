@@ -145,8 +145,19 @@ OMNI_SERIAL: Spec = {
     "pay_type": f.to_int32,
     "pay_status": f.to_int32,
 }
-# Fields an item may carry that are known but not columns of its own table.
-WDK_PAY_CHANNEL_EXTRA = frozenset({"biz_order_id"})  # the parent's id, which is the key already
+# Fields each item may carry: its columns, its lists, and known fields that are not columns.
+KNOWN = {
+    "wdk_order": frozenset({*WDK_ORDER, "pay_channels", "sub_orders"}),
+    # a pay channel's biz_order_id is its order's: the key already, not a column of its own
+    "wdk_pay_channel": frozenset({*WDK_PAY_CHANNEL, "biz_order_id"}),
+    "wdk_sub_order": frozenset(WDK_SUB_ORDER),
+    "omni_order": frozenset(
+        {*OMNI_ORDER, "promotion_info", "subpay_order_list", "pay_order_serial_infos"}
+    ),
+    "omni_promotion": frozenset(OMNI_PROMOTION),
+    "omni_subpay": frozenset(OMNI_SUBPAY),
+    "omni_serial": frozenset(OMNI_SERIAL),
+}
 
 
 @dataclass
@@ -167,20 +178,28 @@ class NormalizedOrder:
 
 
 def _canonical(value: Any) -> Any:
-    """Drop what both shapes may spell differently: None and empty lists / objects."""
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if isinstance(v, dict | list):
-                v = _canonical(v)
-                if not v:
-                    continue
-            elif v is None:
-                continue
-            out[k] = v
-        return out
-    if isinstance(value, list):
-        return [_canonical(v) if isinstance(v, dict | list) else v for v in value]
+    """Drop what both shapes may spell differently: None and empty lists / objects.
+
+    Returns ``value`` itself when there is nothing to drop (most orders), else a cleaned copy.
+    """
+    if type(value) is dict:
+        out: dict[str, Any] | None = None
+        for key, item in value.items():
+            kind = type(item)
+            if kind is dict or kind is list:
+                cleaned = _canonical(item)
+                keep = bool(cleaned)
+            else:
+                cleaned, keep = item, item is not None
+            if out is None and (not keep or cleaned is not item):
+                out = {k: value[k] for k in list(value)[: list(value).index(key)]}
+            if out is not None and keep:
+                out[key] = cleaned
+        return value if out is None else out
+    if type(value) is list:
+        cleaned_list = [_canonical(v) if type(v) in (dict, list) else v for v in value]
+        changed = any(a is not b for a, b in zip(cleaned_list, value, strict=True))
+        return cleaned_list if changed else value
     return value
 
 
@@ -230,8 +249,9 @@ def _apply(spec: Spec, item: Mapping[str, Any], where: str, bad: list[str]) -> d
     return row
 
 
-def _unknown(item: Mapping[str, Any], known: set[str] | frozenset[str], where: str) -> list[str]:
-    return [f"{where}{k}" for k in item if k not in known]
+def _unknown(item: Mapping[str, Any], known: frozenset[str], where: str) -> list[str]:
+    extra = item.keys() - known
+    return [f"{where}{k}" for k in extra] if extra else []
 
 
 def _items(order: Mapping[str, Any], name: str, bad: list[str]) -> list[Mapping[str, Any]]:
@@ -266,19 +286,19 @@ def normalize_wdk(order: Mapping[str, Any], fetched_at: datetime) -> NormalizedO
     key = parent["biz_order_id"]
     if key is None:
         raise InvalidOrder(f"order without a readable biz_order_id: {raw.get('biz_order_id')!r}")
-    unknown = _unknown(raw, {*WDK_ORDER, "pay_channels", "sub_orders"}, "")
+    unknown = _unknown(raw, KNOWN["wdk_order"], "")
     channels = []
     for seq, item in enumerate(_items(raw, "pay_channels", bad)):
         where = f"pay_channels[{seq}]."
         row = _apply(WDK_PAY_CHANNEL, item, where, bad)
         row.update(biz_order_id=key, seq=seq)
         channels.append(row)
-        unknown += _unknown(item, {*WDK_PAY_CHANNEL, *WDK_PAY_CHANNEL_EXTRA}, "pay_channels.")
+        unknown += _unknown(item, KNOWN["wdk_pay_channel"], "pay_channels.")
     subs = []
     for seq, item in enumerate(_items(raw, "sub_orders", bad)):
         where = f"sub_orders[{seq}]."
         row = _apply(WDK_SUB_ORDER, item, where, bad)
-        unknown += _unknown(item, set(WDK_SUB_ORDER), "sub_orders.")
+        unknown += _unknown(item, KNOWN["wdk_sub_order"], "sub_orders.")
         if row["biz_order_id"] is None:  # cannot be stored without its key; kept in raw
             _missing_key(bad, f"{where}biz_order_id")
             continue
@@ -311,14 +331,13 @@ def normalize_omni(
         bad.append("promotion_info")
         promotion = None
     parent.update(_apply(OMNI_PROMOTION, promotion or {}, "promotion_info.", bad))
-    known = {*OMNI_ORDER, "promotion_info", "subpay_order_list", "pay_order_serial_infos"}
-    unknown = _unknown(raw, known, "")
+    unknown = _unknown(raw, KNOWN["omni_order"], "")
     if promotion:
-        unknown += _unknown(promotion, set(OMNI_PROMOTION), "promotion_info.")
+        unknown += _unknown(promotion, KNOWN["omni_promotion"], "promotion_info.")
     subpays = []
     for seq, item in enumerate(_items(raw, "subpay_order_list", bad)):
         row = _apply(OMNI_SUBPAY, item, f"subpay_order_list[{seq}].", bad)
-        unknown += _unknown(item, set(OMNI_SUBPAY), "subpay_order_list.")
+        unknown += _unknown(item, KNOWN["omni_subpay"], "subpay_order_list.")
         if row["subpay_order_id"] is None:
             _missing_key(bad, f"subpay_order_list[{seq}].subpay_order_id")
             continue
@@ -327,7 +346,7 @@ def normalize_omni(
     serials = []
     for seq, item in enumerate(_items(raw, "pay_order_serial_infos", bad)):
         row = _apply(OMNI_SERIAL, item, f"pay_order_serial_infos[{seq}].", bad)
-        unknown += _unknown(item, set(OMNI_SERIAL), "pay_order_serial_infos.")
+        unknown += _unknown(item, KNOWN["omni_serial"], "pay_order_serial_infos.")
         row.update(order_id=key, seq=seq)
         serials.append(row)
     parent.update(_bookkeeping(raw, fetched_at, unknown))

@@ -65,8 +65,34 @@ def decode(body: bytes) -> Any:
         ) from exc
 
 
+LIST_KEYS = frozenset(LIST_FIELDS)
+
+
+def is_simplified(value: dict[str, Any]) -> bool:
+    """Whether ``value`` is already in the simplified shape (every list field a list of
+    simplified objects, nothing wrapped); checked without copying anything."""
+    for key in LIST_KEYS & value.keys():
+        if type(value[key]) is not list:
+            return False
+    for item in value.values():
+        kind = type(item)
+        if kind is dict:
+            if not is_simplified(item):
+                return False
+        elif kind is list:
+            for child in item:
+                if type(child) is dict and not is_simplified(child):
+                    return False
+    return True
+
+
 def unwrap_lists(value: Any) -> Any:
-    """Default shape → simplified shape, recursively (lists unwrapped; ``{}``/null → ``[]``)."""
+    """Default shape → simplified shape, recursively (lists unwrapped; ``{}``/null → ``[]``).
+
+    A value already in the simplified shape is returned as it is (not copied).
+    """
+    if isinstance(value, dict) and is_simplified(value):
+        return value
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():

@@ -173,3 +173,13 @@ def test_retryable_flags() -> None:
     assert not errors.CallerError().retryable
     assert not errors.AuthError().retryable
     assert not errors.SignatureError().retryable
+
+
+def test_simplified_orders_are_not_copied_and_wrapped_ones_are() -> None:
+    order = data.wdk_order(data.FIRST_DEMO_BIZ_ID)
+    assert envelope.is_simplified(order)
+    assert envelope.unwrap_lists(order) is order
+    wrapped = data.wrap_lists(order)
+    assert not envelope.is_simplified(wrapped)
+    assert not envelope.is_simplified({"x": {"orders": {}}})  # a wrapper nested anywhere
+    assert envelope.unwrap_lists(wrapped) == order
