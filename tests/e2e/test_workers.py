@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,19 +152,9 @@ def test_long_quota_ban_leaves_work_pending_and_the_worker_resumes(
         _enqueue(env, ids, tmp_path)
         sim.sim.script("quota_ban:6")
         port = _free_port()
-        worker = subprocess.Popen(
-            etl_cmd("worker", "--metrics-port", str(port)),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        worker = _worker(env, "--metrics-port", str(port))
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                time.sleep(0.3)
-                if q(db_url, "SELECT 1 FROM top_bans WHERE until > now()"):
-                    break
+            _wait_for(lambda: bool(q(db_url, "SELECT 1 FROM top_bans WHERE until > now()")), 30)
             status = subprocess.run(
                 etl_cmd("status"), env=env, capture_output=True, text=True, timeout=60, check=True
             )
@@ -221,19 +211,10 @@ def test_worker_recovers_from_a_postgres_restart(tmp_path: Path) -> None:
                 url, sim.url, top_qps=25, poll_seconds=0.5, not_found_checks=1, claim_size=40
             )
             _enqueue(env, ids, tmp_path)
-            worker = subprocess.Popen(
-                etl_cmd("worker"),
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            worker = _worker(env)
             try:
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    time.sleep(0.3)
-                    if one(url, "SELECT count(*) FROM sync_queue WHERE state = 'done'") >= 200:
-                        break
+                done = "SELECT count(*) FROM sync_queue WHERE state = 'done'"
+                _wait_for(lambda: one(url, done) >= 200, 60)
                 _restart(server)
                 deadline = time.monotonic() + 120
                 left = -1
@@ -260,6 +241,21 @@ def test_worker_recovers_from_a_postgres_restart(tmp_path: Path) -> None:
             _consistent(url)
     finally:
         server.cleanup()
+
+
+def _worker(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        etl_cmd("worker", *args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float) -> None:
+    """Poll ``condition`` every 0.3 s until it holds or ``seconds`` pass (callers then assert)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        if condition():
+            return
 
 
 def _free_port() -> int:
