@@ -1,0 +1,224 @@
+"""Commands that set up and inspect: migrate, config, simulate, demo, replay."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import click
+
+from etl import errors
+from etl.cli.base import (
+    State,
+    handle_errors,
+    main,
+    pass_state,
+)
+from etl.settings import FIELD_NAMES, SECRET_FIELDS
+
+
+@main.command()
+@click.option("--revision", default="head", show_default=True, help="target revision")
+@pass_state
+@handle_errors
+def migrate(state: State, revision: str) -> None:
+    """Create or upgrade the schema (starts the embedded Postgres when no URL is set)."""
+    from etl.db import engine
+    from etl.db import migrate as db_migrate
+
+    settings = state.settings
+    url = engine.database_url(settings)
+    before, after = db_migrate.upgrade(url, revision)
+    where = settings.database_url_redacted() or f"embedded cluster in {settings.data_dir / 'pg'}"
+    if before == after:
+        click.echo(f"schema already at {after} ({where})")
+    else:
+        click.echo(f"schema upgraded {before or 'empty'} -> {after} ({where})")
+
+
+@main.command("config")
+@pass_state
+@handle_errors
+def show_config(state: State) -> None:
+    """Print the effective settings (secrets hidden)."""
+    settings = state.settings
+    for name in FIELD_NAMES:
+        value = getattr(settings, name)
+        if name == "database_url":
+            value = settings.database_url_redacted() or "(embedded)"
+        elif name in SECRET_FIELDS:
+            value = "********"
+        click.echo(f"{name} = {value}")
+
+
+def _parse_faults(pairs: tuple[str, ...], spread: float | None) -> dict[str, float]:
+    from etl.simulator.server import FAULT_KINDS
+
+    faults: dict[str, float] = {}
+    if spread:
+        transient = [k for k in FAULT_KINDS if k != "slow"]
+        faults = {k: spread / len(transient) for k in transient}
+    for pair in pairs:
+        kind, sep, rate = pair.partition("=")
+        if not sep or kind not in FAULT_KINDS:
+            raise errors.InputError(
+                f"--fault {pair!r}: expected KIND=RATE with KIND one of {', '.join(FAULT_KINDS)}"
+            )
+        try:
+            faults[kind] = float(rate)
+        except ValueError:
+            raise errors.InputError(f"--fault {pair!r}: RATE must be a number") from None
+    return faults
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8780, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="makes orders reproducible")
+@click.option(
+    "--missing-rate",
+    default=0.05,
+    show_default=True,
+    type=float,
+    help="share of ids that do not exist",
+)
+@click.option("--qps", default=None, type=float, help="QPS cap per app key (default: none)")
+@click.option(
+    "--ban-seconds", default=2.0, show_default=True, type=float, help="how long a QPS ban lasts"
+)
+@click.option("--latency-ms", default=0.0, show_default=True, type=float)
+@click.option("--jitter-ms", default=0.0, show_default=True, type=float)
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    metavar="KIND=RATE",
+    help="inject a fault (http_502, remote_timeout, truncated, control_chars, slow)",
+)
+@click.option(
+    "--fault-rate",
+    default=None,
+    type=float,
+    help="total rate of transient faults, spread over the kinds",
+)
+@click.option("--slow-seconds", default=1.0, show_default=True, type=float)
+@click.option("--quota-ban-rate", default=0.0, show_default=True, type=float)
+@click.option("--quota-ban-seconds", default=3600.0, show_default=True, type=float)
+@click.option("--max-batch", default=100, show_default=True, type=int)
+@click.option(
+    "--epoch", default=0, show_default=True, type=int, help="bump to make a share of orders change"
+)
+@pass_state
+@handle_errors
+def simulate(
+    state: State,
+    /,
+    host: str,
+    port: int,
+    faults: tuple[str, ...],
+    fault_rate: float | None,
+    **options: Any,
+) -> None:
+    """Run the TOP gateway simulator (POST /router/rest) until interrupted.
+
+    It accepts the app key, secret and session of the current settings (ETL_TOP_APP_KEY,
+    ETL_TOP_APP_SECRET, ETL_TOP_SESSION), so `etl` pointed at it with the same environment works.
+    """
+    import asyncio
+
+    from etl.simulator.server import Simulator, SimulatorConfig
+
+    s = state.settings
+    config = SimulatorConfig(
+        app_key=s.top_app_key,
+        app_secret=s.top_app_secret.get_secret_value(),
+        session=s.top_session.get_secret_value(),
+        faults=_parse_faults(faults, fault_rate),
+        **options,
+    )
+
+    async def serve() -> None:
+        from etl import app
+
+        sim = Simulator(config)
+        url = await sim.start(host, port)
+        click.echo(f"TOP simulator listening on {url} (app_key {config.app_key}); Ctrl-C stops")
+        stop = asyncio.Event()
+        app.stop_on_signals(stop)
+        try:
+            await stop.wait()
+        finally:
+            await sim.stop()
+            click.echo(f"counters: {sim.counters.as_dict()}")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+def _date(value: str | None) -> Any:
+    if value is None:
+        return None
+    from datetime import datetime
+
+    from etl import chinatime
+
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise errors.InputError(f"{value!r} is not a date (YYYY-MM-DD[ HH:MM[:SS]])") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=chinatime.CHINA)
+
+
+@main.command()
+@click.option(
+    "--since",
+    default=None,
+    metavar="DATE",
+    help="only orders synced since DATE (China time unless it has an offset)",
+)
+@click.option(
+    "--api", "api", type=click.Choice(["wdk", "omni", "all"]), default="all", show_default=True
+)
+@pass_state
+@handle_errors
+def replay(state: State, /, since: str | None, api: str) -> None:
+    """Rebuild the relational rows from the stored raw payloads (no platform calls).
+
+    For after a normalizer fix or a new column: every stored order is normalized again from its
+    `raw` column and its rows (children included) rewritten.
+    """
+    from etl import pipeline
+    from etl.db import engine
+
+    engine_ = engine.create_engine(state.settings)
+    try:
+        apis = ("wdk", "omni") if api == "all" else (api,)
+        counters = pipeline.replay(engine_, apis, _date(since))
+    finally:
+        engine_.dispose()
+    click.echo(f"replayed {counters.orders_updated} orders ({counters.orders_stale} skipped)")
+
+
+# ----------------------------------------------------------------------------------------- demo
+
+
+@main.command()
+@click.option("--wdk", "n_wdk", default=1000, show_default=True, help="wdk ids to enqueue")
+@click.option("--omni", "n_omni", default=50, show_default=True, help="omni orders to enqueue")
+@click.option(
+    "--fault-rate",
+    default=0.05,
+    show_default=True,
+    type=float,
+    help="transient faults the simulator injects",
+)
+@pass_state
+@handle_errors
+def demo(state: State, /, n_wdk: int, n_omni: int, fault_rate: float) -> None:
+    """One command on a fresh machine: the embedded Postgres (unless ETL_DATABASE_URL is set), an
+    in-process TOP simulator, migrate, enqueue, sync with progress, and a short report."""
+    import asyncio
+
+    from etl import demo as demo_mod
+
+    asyncio.run(demo_mod.run(state.settings, n_wdk, n_omni, fault_rate))

@@ -1,0 +1,73 @@
+"""Reporting views on the terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from etl import errors
+from etl.cli.base import (
+    State,
+    handle_errors,
+    main,
+    pass_state,
+)
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--list", "list_", is_flag=True, help="describe each report")
+@click.option("--since", default=None, metavar="DATE", help="first China-time day (YYYY-MM-DD)")
+@click.option("--until", default=None, metavar="DATE", help="last China-time day, included")
+@click.option("--store", default=None, help="one store (store_id / o2o_shop_id)")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--limit", type=int, default=None, help="at most this many rows")
+@pass_state
+@handle_errors
+def report(
+    state: State,
+    /,
+    name: str | None,
+    list_: bool,
+    since: str | None,
+    until: str | None,
+    store: str | None,
+    fmt: str,
+    limit: int | None,
+) -> None:
+    """Print a reporting view: daily-sales, pay-channel-mix, item-sales, omni-guides,
+    sync-freshness or data-quality (`etl report --list` describes each)."""
+    from etl import app, reports
+
+    if list_ or not name:
+        for r in reports.REPORTS.values():
+            click.echo(f"{r.name:<16} {r.view:<24} {r.description}")
+        return
+    if name not in reports.REPORTS:
+        raise errors.InputError(f"unknown report {name!r}; one of: {', '.join(reports.REPORTS)}")
+    day_since = _day(since)
+    day_until = _day(until)
+    with app.database(state.settings) as engine, engine.begin() as conn:
+        try:
+            text = reports.render(conn, name, day_since, day_until, store, fmt, limit)
+        except ValueError as exc:
+            raise errors.InputError(str(exc)) from None
+    click.echo(text, nl=not text.endswith("\n"))
+
+
+def _day(value: str | None) -> Any:
+    if value is None:
+        return None
+    from datetime import date
+
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise errors.InputError(f"{value!r} is not a date (YYYY-MM-DD)") from None

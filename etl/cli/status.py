@@ -1,0 +1,154 @@
+"""What the operator looks at: status and the dead-letter ids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from etl.cli.base import (
+    State,
+    handle_errors,
+    main,
+    pass_state,
+)
+
+
+def _table(title: str, headers: list[str], rows: list[list[Any]]) -> None:
+    from etl.reports import as_table
+
+    click.echo(f"\n{title}\n{as_table(headers, [tuple(r) for r in rows])}")
+
+
+@main.command()
+@click.option("--runs", "n_runs", default=5, show_default=True, help="last runs to show")
+@pass_state
+@handle_errors
+def status(state: State, /, n_runs: int) -> None:
+    """Queue depth by state and api, active bans, last runs, dead ids."""
+    import sqlalchemy as sa
+
+    from etl import app
+    from etl.db import bans, queue
+    from etl.db.tables import sync_runs
+
+    with app.database(state.settings) as engine, engine.begin() as conn:
+        depth = queue.depth(conn)
+        active = bans.all_active(conn)
+        last = (
+            conn.execute(sa.select(sync_runs).order_by(sync_runs.c.id.desc()).limit(n_runs))
+            .mappings()
+            .all()
+        )
+        dead = queue.dead(conn, limit=10)
+    _table(
+        "queue",
+        ["api", "state", "ids", "due now", "oldest next attempt"],
+        [[r["api"], r["state"], r["n"], r["due"], r["oldest"]] for r in depth],
+    )
+    if not depth:
+        click.echo("queue is empty")
+    if active:
+        for ban in active:
+            click.echo(
+                f"BANNED: app key {ban['app_key']} until {ban['until'].isoformat()} "
+                f"({ban['sub_code'] or 'flow control'}); work stays queued until then"
+            )
+    else:
+        click.echo("no active ban")
+    _table(
+        "last runs",
+        [
+            "id",
+            "kind",
+            "status",
+            "started",
+            "ended",
+            "claimed",
+            "calls",
+            "retries",
+            "bans",
+            "inserted",
+            "updated",
+            "unchanged",
+            "not found",
+            "failed",
+        ],
+        [
+            [
+                r["id"],
+                r["kind"],
+                r["status"],
+                r["started_at"],
+                r["ended_at"],
+                r["ids_claimed"],
+                r["api_calls"],
+                r["retries"],
+                r["bans"],
+                r["orders_inserted"],
+                r["orders_updated"],
+                r["orders_unchanged"],
+                r["not_found"],
+                r["failed"],
+            ]
+            for r in last
+        ],
+    )
+    if dead:
+        _table(
+            "dead ids (latest 10; `etl dlq list` for more)",
+            ["api", "kind", "key", "attempts", "error class", "error"],
+            [
+                [
+                    d["api"],
+                    d["id_kind"],
+                    d["key"],
+                    d["attempts"],
+                    d["last_error_class"],
+                    (d["last_error"] or "")[:80],
+                ]
+                for d in dead
+            ],
+        )
+
+
+@main.group()
+def dlq() -> None:
+    """Ids that failed for good (state dead)."""
+
+
+@dlq.command("list")
+@click.option("--error-class", default=None, help="only this error class (e.g. CallerError)")
+@click.option("--limit", default=50, show_default=True)
+@pass_state
+@handle_errors
+def dlq_list(state: State, /, error_class: str | None, limit: int) -> None:
+    """List dead ids with their last error."""
+    from etl import app
+    from etl.db import queue
+
+    with app.database(state.settings) as engine, engine.begin() as conn:
+        rows = queue.dead(conn, limit=limit, error_class=error_class)
+    if not rows:
+        click.echo("no dead ids")
+        return
+    for d in rows:
+        click.echo(
+            f"{d['api']}\t{d['id_kind']}\t{d['key']}\t{d['attempts']}\t"
+            f"{d['last_error_class']}\t{d['last_error']}"
+        )
+
+
+@dlq.command("requeue")
+@click.option("--error-class", default=None, help="only this error class")
+@click.option("--api", type=click.Choice(["wdk", "omni"]), default=None)
+@pass_state
+@handle_errors
+def dlq_requeue(state: State, /, error_class: str | None, api: str | None) -> None:
+    """Put dead ids back in the queue with fresh attempts."""
+    from etl import app
+    from etl.db import queue
+
+    with app.database(state.settings) as engine, engine.begin() as conn:
+        n = queue.requeue_dead(conn, error_class, api)
+    click.echo(f"requeued {n} dead ids")
