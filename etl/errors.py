@@ -17,10 +17,16 @@ Foreign exceptions (aiohttp, psycopg, json) are translated at one boundary each,
         ├── PlatformTransient   code 10/44, isp.* remote errors                  (retry)
         ├── RateLimited         flow control ban; carries retry_after seconds    (retry later)
         ├── ClockSkew           code 31: our clock is off by over 10 minutes     (one retry)
-        ├── AuthError           session invalid or expired                       (no retry)
-        ├── CallerError         the request itself is wrong (codes 9, 11-47...)  (no retry)
-        │   └── SignatureError  code 25: wrong secret or sign method             (no retry)
+        ├── CredentialsRejected the configuration, not the ids, is wrong         (no retry)
+        │   ├── AuthError       code 26/27: session invalid or expired  → ETL_TOP_SESSION
+        │   ├── SignatureError  code 25: wrong secret or sign method    → ETL_TOP_APP_SECRET
+        │   ├── AppKeyError     code 28/29: unknown or disabled app key → ETL_TOP_APP_KEY
+        │   └── PermissionDenied code 11/12: the app or seller lacks the API permission
+        ├── CallerError         the request itself is wrong (codes 9, 13-47...)  (no retry)
         └── BusinessError       success envelope says the query failed           (no retry)
+
+A :class:`CredentialsRejected` is a property of the configuration: no id is charged for it and
+no batch is split over it; ``setting`` names what the operator must fix.
 """
 
 from __future__ import annotations
@@ -130,16 +136,42 @@ class ClockSkew(TopError):
     retryable = True
 
 
-class AuthError(TopError):
+class CredentialsRejected(TopError):
+    """The platform rejected this app's credentials or permissions; fix the configuration."""
+
+    setting: ClassVar[str] = "ETL_TOP_APP_KEY / ETL_TOP_APP_SECRET / ETL_TOP_SESSION"
+
+    def hint(self) -> str:
+        """One line for the operator: what was rejected and which setting to fix."""
+        return f"credentials rejected ({self.__class__.__name__}): check {self.setting} — {self}"
+
+
+class AuthError(CredentialsRejected):
     """The session key is invalid or expired: renew it (ETL_TOP_SESSION)."""
+
+    setting = "ETL_TOP_SESSION"
+
+
+class SignatureError(CredentialsRejected):
+    """The gateway rejected the signature: check ETL_TOP_APP_SECRET and ETL_TOP_SIGN_METHOD."""
+
+    setting = "ETL_TOP_APP_SECRET (and ETL_TOP_SIGN_METHOD)"
+
+
+class AppKeyError(CredentialsRejected):
+    """The gateway does not know this app key (or it is disabled): check ETL_TOP_APP_KEY."""
+
+    setting = "ETL_TOP_APP_KEY"
+
+
+class PermissionDenied(CredentialsRejected):
+    """The app or the seller lacks permission for this API: authorise it on the platform."""
+
+    setting = "the app's API permissions on the platform console (and ETL_TOP_SESSION's seller)"
 
 
 class CallerError(TopError):
     """The platform rejected the request as invalid; retrying will not help."""
-
-
-class SignatureError(CallerError):
-    """The gateway rejected the signature: check ETL_TOP_APP_SECRET and ETL_TOP_SIGN_METHOD."""
 
 
 class BusinessError(TopError):

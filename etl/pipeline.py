@@ -315,7 +315,7 @@ class Syncer:
         except errors.RateLimited as exc:
             await self._on_long_ban(items, exc)
             return
-        except (errors.AuthError, errors.ClockSkew) as exc:
+        except (errors.CredentialsRejected, errors.ClockSkew) as exc:
             self.fatal = f"{exc.__class__.__name__}: {exc}"
             log.error("stopping: %s", exc, extra={"run_id": self.run_id})
             await self._release(items, None, str(exc))
@@ -390,7 +390,7 @@ class Syncer:
                 return item, await apis.omni_order_query(
                     self.client, user_id, order_id, out_order_id
                 )
-            except (errors.RateLimited, errors.AuthError, errors.ClockSkew):
+            except (errors.RateLimited, errors.CredentialsRejected, errors.ClockSkew):
                 raise
             except errors.TopError as exc:
                 return item, exc

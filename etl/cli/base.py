@@ -22,7 +22,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran, but something in it failed (ids failed, a check failed)
 EXIT_USAGE = 2  # bad input or configuration: nothing was done
-EXIT_BANNED = 3  # a long flow-control ban stopped the run; the work stays queued
+EXIT_BANNED = 3  # a long flow-control ban (or the daily budget) stopped it; work stays queued
+EXIT_CREDENTIALS = 4  # the platform rejected the credentials; the message names the setting
 
 
 class State:

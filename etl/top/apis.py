@@ -179,7 +179,7 @@ async def wdk_order_get(
             log.info("batch refused; splitting to isolate bad ids", extra={"ids": len(batch)})
             await asyncio.gather(fetch(batch[:mid]), fetch(batch[mid:]))
             return
-        except (errors.RateLimited, errors.AuthError, errors.ClockSkew):
+        except (errors.RateLimited, errors.CredentialsRejected, errors.ClockSkew):
             raise
         except errors.TopError as exc:
             for key in batch:

@@ -46,7 +46,13 @@ TRANSIENT_SUB_CODES = frozenset(
         "isv.trade-service-rejection",
     }
 )
-AUTH_SUB_MARKERS = ("invalid-sessionkey", "session-expired", "session-not-exist")
+AUTH_SUB_MARKERS = ("invalid-sessionkey", "session-expired", "session-not-exist", "missing-session")
+SIGNATURE_CODES = frozenset({25})
+SIGNATURE_SUB_MARKERS = ("invalid-signature", "invalid-sign-method", "sign-error")
+APP_KEY_CODES = frozenset({28, 29})
+APP_KEY_SUB_MARKERS = ("invalid-app-key", "appkey-not-exist", "app-key-not-exist", "app-disabled")
+PERMISSION_CODES = frozenset({11, 12})
+PERMISSION_SUB_MARKERS = ("permission",)
 
 
 def decode(body: bytes) -> Any:
@@ -155,18 +161,31 @@ def classify(error: Mapping[str, Any], method: str | None = None) -> errors.TopE
         return errors.RateLimited(msg, retry_after=seconds, **kw)
     if code == 31 or sc == "isv.timestamp-limit-error":
         return errors.ClockSkew(msg, **kw)
-    if code in AUTH_CODES or any(m in sc for m in AUTH_SUB_MARKERS):
-        return errors.AuthError(msg, **kw)
+    credentials = _credentials_error(code, sc)
+    if credentials is not None:
+        return credentials(msg, **kw)
     if code in TRANSIENT_CODES or sc in TRANSIENT_SUB_CODES:
         return errors.PlatformTransient(msg, **kw)
-    if code == 25:
-        return errors.SignatureError(msg, **kw)
     if code in CALLER_CODES or sc.startswith("isv.") or sc == "isp.top-mapping-parse-error":
         return errors.CallerError(msg, **kw)
     if sc.startswith("isp.") or code in (15, 50):
         # Remote service errors not listed as permanent: the platform's side, worth a retry.
         return errors.PlatformTransient(msg, **kw)
     return errors.CallerError(msg, **kw)
+
+
+def _credentials_error(code: int | None, sc: str) -> type[errors.CredentialsRejected] | None:
+    """The configuration error a code / sub_code names (signature, app key, session,
+    permission), or None: these never depend on the ids of the call."""
+    if code in AUTH_CODES or any(m in sc for m in AUTH_SUB_MARKERS):
+        return errors.AuthError
+    if code in SIGNATURE_CODES or any(m in sc for m in SIGNATURE_SUB_MARKERS):
+        return errors.SignatureError
+    if code in APP_KEY_CODES or any(m in sc for m in APP_KEY_SUB_MARKERS):
+        return errors.AppKeyError
+    if code in PERMISSION_CODES or any(m in sc for m in PERMISSION_SUB_MARKERS):
+        return errors.PermissionDenied
+    return None
 
 
 def _int_or_none(value: Any) -> int | None:

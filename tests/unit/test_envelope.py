@@ -148,7 +148,13 @@ def test_omni_not_found_is_none() -> None:
         ({"code": 41, "sub_code": "isv.invalid-parameter"}, errors.CallerError),
         ({"code": 15, "sub_code": "isp.top-mapping-parse-error"}, errors.CallerError),
         ({"code": 50, "sub_code": "isv.invalid-parameter"}, errors.CallerError),
-        ({"code": 29}, errors.CallerError),
+        ({"code": 29, "msg": "Invalid app Key"}, errors.AppKeyError),
+        ({"code": 28}, errors.AppKeyError),
+        ({"code": 11, "msg": "Insufficient isv permissions"}, errors.PermissionDenied),
+        ({"code": 15, "sub_code": "isv.permission-api-package-limit"}, errors.PermissionDenied),
+        ({"code": 26, "msg": "Missing session"}, errors.AuthError),
+        ({"code": 15, "sub_code": "isv.invalid-signature"}, errors.SignatureError),
+        ({"code": 13}, errors.CallerError),
     ],
 )
 def test_classification(error: dict[str, object], cls: type[errors.TopError]) -> None:
@@ -173,6 +179,12 @@ def test_retryable_flags() -> None:
     assert not errors.CallerError().retryable
     assert not errors.AuthError().retryable
     assert not errors.SignatureError().retryable
+    for cls in (errors.AuthError, errors.SignatureError, errors.AppKeyError):
+        assert issubclass(cls, errors.CredentialsRejected)
+        assert not issubclass(cls, errors.CallerError)  # never split a batch over it
+    assert "ETL_TOP_APP_SECRET" in errors.SignatureError("Invalid Signature").hint()
+    assert "ETL_TOP_SESSION" in errors.AuthError("Invalid session").hint()
+    assert "ETL_TOP_APP_KEY" in errors.AppKeyError("Invalid app Key").hint()
 
 
 def test_simplified_orders_are_not_copied_and_wrapped_ones_are() -> None:
