@@ -28,3 +28,17 @@ def now_text(now: datetime | None = None) -> str:
 def parse(text: str) -> datetime:
     """``yyyy-MM-dd HH:mm:ss`` (China time, no offset) → an aware datetime."""
     return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=CHINA)
+
+
+def seconds_to_midnight(now: datetime | None = None) -> float:
+    """Seconds until the next 00:00 China time (when the platform's daily quotas reset)."""
+    moment = (now or datetime.now(CHINA)).astimezone(CHINA)
+    midnight = (moment + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (midnight - moment).total_seconds()
+
+
+def display(value: datetime | None) -> str:
+    """An instant for a person: China time to the second, with the offset."""
+    if value is None:
+        return ""
+    return value.astimezone(CHINA).strftime("%Y-%m-%d %H:%M:%S%z").replace("+0800", "+08:00")

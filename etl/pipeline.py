@@ -23,7 +23,7 @@ from psycopg import sql
 from sqlalchemy.engine import Engine
 
 from etl import errors, logs, metrics
-from etl.db import bans, load, queue, runs
+from etl.db import bans, holds, load, queue, runs
 from etl.db import engine as db_engine
 from etl.ids import omni_parts
 from etl.normalize.orders import InvalidOrder, NormalizedOrder, normalize_omni, normalize_wdk
@@ -177,6 +177,7 @@ class DrainResult:
     counters: runs.RunCounters
     banned_until: datetime | None = None
     fatal: str | None = None
+    credentials: errors.CredentialsRejected | None = None
 
     @property
     def failed(self) -> bool:
@@ -216,7 +217,14 @@ class Syncer:
         self.quality = Quality()
         self.banned_until: datetime | None = None
         self.fatal: str | None = None
+        self.credentials: errors.CredentialsRejected | None = None
         self._last_stats = client.stats.snapshot()
+        self._unsaved = runs.RunCounters()  # counted, not yet written to the run's row
+        self._ban_logged: datetime | None = None
+
+    def halted(self) -> bool:
+        """Nothing more can be fetched in this drain (a long ban, rejected credentials, ...)."""
+        return bool(self.fatal or self.banned_until or self.credentials)
 
     # ------------------------------------------------------------------------------ the loop
 
@@ -224,33 +232,56 @@ class Syncer:
         """Work until nothing is due (then, with ``wait_for_retries``, wait for retries falling
         due within that many seconds), a long ban, a fatal error, or ``stop``."""
         logs.bind(run_id=self.run_id)
-        try:
-            freed = await self._db(queue.release_dead_local, socket.gethostname(), runs.pid_alive)
-            if freed:
-                log.warning("released %d ids leased by killed processes on this host", freed)
-        except errors.DatabaseError as exc:
-            log.error("cannot check for killed workers' leases: %s", exc)
+        self.credentials = None
+        await self._tidy_killed()
         while not stop.is_set():
             if await self._ban_active():
                 break
             await asyncio.gather(*(self._lane(stop) for _ in range(self.settings.lanes)))
-            if self.fatal or self.banned_until or stop.is_set() or wait_for_retries <= 0:
+            if self.halted() or stop.is_set() or wait_for_retries <= 0:
                 break
-            due = await self._db(queue.next_due, timedelta(seconds=wait_for_retries))
+            try:
+                due = await self._db(queue.next_due, timedelta(seconds=wait_for_retries))
+            except errors.DatabaseError:
+                due = datetime.now(UTC) + timedelta(seconds=5)
             if due is None:
                 break
             await _sleep_until(due, stop)
         self._sync_client_stats()
+        if self.credentials is None and self.counters.api_calls:
+            await self._credentials_work()
         self.counters.details.update(self.quality.details())
-        return DrainResult(self.counters, self.banned_until, self.fatal)
+        return DrainResult(self.counters, self.banned_until, self.fatal, self.credentials)
+
+    async def _tidy_killed(self) -> None:
+        """Leases and runs of killed processes on this host: released / marked at once."""
+        host = socket.gethostname()
+        try:
+            freed = await self._db(queue.release_dead_local, host, runs.pid_alive)
+            await self._db(runs.mark_killed_local, host, runs.pid_alive)
+        except errors.DatabaseError:
+            return
+        if freed:
+            log.warning("released %d ids leased by killed processes on this host", freed)
+
+    async def _credentials_work(self) -> None:
+        """Calls went through: a standing credentials hold of this app key is over."""
+        try:
+            hold = await self._db(holds.clear, self.settings.top_app_key)
+        except errors.DatabaseError:
+            return
+        if hold is not None:
+            log.warning(
+                "credentials accepted again (rejected since %s)", hold.since.isoformat()
+            )
 
     async def _lane(self, stop: asyncio.Event) -> None:
         size = self.settings.effective_claim_size()
         idle_apis: set[str] = set()
-        while not stop.is_set() and not self.fatal and not self.banned_until:
+        while not stop.is_set() and not self.halted():
             progressed = False
             for api in ("wdk", "omni"):
-                if api in idle_apis or stop.is_set() or self.fatal or self.banned_until:
+                if api in idle_apis or stop.is_set() or self.halted():
                     continue
                 items = await self._claim(api, size)
                 if not items:
@@ -269,10 +300,10 @@ class Syncer:
 
         try:
             items: list[queue.Item] = await self._db(claim)
-        except errors.DatabaseError as exc:
-            log.error("cannot claim work: %s", exc)
-            return []
+        except errors.DatabaseError:
+            return []  # logged once per outage by _db
         self.counters.ids_claimed += len(items)
+        self._unsaved.ids_claimed += len(items)
         return items
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -281,13 +312,16 @@ class Syncer:
         def work() -> Any:
             try:
                 with self.engine.begin() as conn:
-                    return fn(conn, *args)
+                    out = fn(conn, *args)
             except (
                 sa.exc.OperationalError,
                 sa.exc.InterfaceError,
                 psycopg.OperationalError,
             ) as exc:
+                logs.DB_OUTAGE.failed(db_engine.translate(exc) or exc)
                 raise errors.DatabaseError(f"database unavailable: {exc}") from exc
+            logs.DB_OUTAGE.ok()
+            return out
 
         return await asyncio.to_thread(work)
 
@@ -298,7 +332,9 @@ class Syncer:
             return False
         if until is not None:
             self.banned_until = until
-            log.warning("app key is banned until %s; leaving work queued", until.isoformat())
+            if self._ban_logged != until:  # once per ban, not once per drain
+                self._ban_logged = until
+                log.warning("app key is banned until %s; leaving work queued", until.isoformat())
             return True
         return False
 
@@ -315,7 +351,10 @@ class Syncer:
         except errors.RateLimited as exc:
             await self._on_long_ban(items, exc)
             return
-        except (errors.CredentialsRejected, errors.ClockSkew) as exc:
+        except errors.CredentialsRejected as exc:
+            await self._on_rejected(items, exc)
+            return
+        except errors.ClockSkew as exc:
             self.fatal = f"{exc.__class__.__name__}: {exc}"
             log.error("stopping: %s", exc, extra={"run_id": self.run_id})
             await self._release(items, None, str(exc))
@@ -354,7 +393,9 @@ class Syncer:
             return queue.Outcome(item, "failed", "InvalidOrder", invalid[item.key])
         if item.key in got.failed:
             exc = got.failed[item.key]
-            return queue.Outcome(item, "failed", exc.error_class, str(exc))
+            # A permanent refusal of an id isolated by splitting: no retry can help it.
+            result = "dead" if isinstance(exc, errors.CallerError) else "failed"
+            return queue.Outcome(item, result, exc.error_class, str(exc))
         return queue.Outcome(item, "not_found")
 
     async def _normalize_all(
@@ -421,13 +462,22 @@ class Syncer:
         orders: list[NormalizedOrder],
         outcomes: list[queue.Outcome],
     ) -> None:
-        """Load and ack in one transaction; retried while the database is unreachable."""
+        """Load, ack and count in one transaction; retried while the database is unreachable.
+
+        The run's counters move with the batch (``runs.increment``), so a killed run's row says
+        exactly what it committed.
+        """
+        self._sync_client_stats()
+        unsaved, self._unsaved = self._unsaved, runs.RunCounters()
 
         def work(conn: sa.Connection) -> tuple[load.LoadResult, int]:
             pg = conn.connection.driver_connection
             assert isinstance(pg, psycopg.Connection)
             result = load.load(pg, api, orders)
             acked = queue.ack(conn, outcomes, self.policy, self.worker)
+            delta = self._delta(result, outcomes)
+            delta.add(unsaved)
+            runs.increment(conn, self.run_id, delta)
             return result, acked
 
         deadline = time.monotonic() + DB_RETRY_SECONDS
@@ -439,8 +489,9 @@ class Syncer:
             except errors.DatabaseError as exc:
                 if time.monotonic() > deadline:
                     log.error("giving up on a batch: %s (its lease will expire)", exc)
+                    self._unsaved.add(unsaved)
                     return
-                log.warning("database unavailable, retrying the batch in %.1fs: %s", delay, exc)
+                log.debug("database unavailable, retrying the batch in %.1fs", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         if acked < len(outcomes):
@@ -449,29 +500,54 @@ class Syncer:
             )
         self._count(api, result, outcomes)
 
+    def _delta(self, result: load.LoadResult, outcomes: list[queue.Outcome]) -> runs.RunCounters:
+        """What one committed batch adds to the run's counters (pure)."""
+        o = result.orders
+        delta = runs.RunCounters(
+            orders_inserted=o.inserted,
+            orders_updated=o.updated,
+            orders_unchanged=o.unchanged,
+            orders_stale=o.stale,
+        )
+        for outcome in outcomes:
+            if outcome.result == "not_found":
+                delta.not_found += 1
+            elif outcome.result in ("failed", "dead"):
+                delta.failed += 1
+        return delta
+
     def _count(self, api: str, result: load.LoadResult, outcomes: list[queue.Outcome]) -> None:
-        c, o = self.counters, result.orders
-        c.orders_inserted += o.inserted
-        c.orders_updated += o.updated
-        c.orders_unchanged += o.unchanged
-        c.orders_stale += o.stale
+        self.counters.add(self._delta(result, outcomes))
         for name in ("inserted", "updated", "unchanged", "stale"):
-            metrics.ORDERS.labels(api, name).inc(getattr(o, name))
+            metrics.ORDERS.labels(api, name).inc(getattr(result.orders, name))
         settled = failed = 0
         for outcome in outcomes:
             metrics.IDS.labels(api, outcome.result).inc()
-            if outcome.result == "not_found":
-                c.not_found += 1
-                settled += 1
-            elif outcome.result == "failed":
-                c.failed += 1
-                failed += 1
-                if outcome.item.attempts + 1 >= self.policy.max_attempts:
-                    settled += 1
-            else:
-                settled += 1
+            failed += outcome.result in ("failed", "dead")
+            settled += queue.settles(outcome, self.policy)
         if self.progress:
             self.progress(settled, failed)
+
+    async def _on_rejected(self, items: list[queue.Item], exc: errors.CredentialsRejected) -> None:
+        """The platform refused our credentials: no id is charged, nothing more is sent; the
+        condition is recorded where every process and `etl status` see it."""
+        first = self.credentials is None
+        self.credentials = exc
+        await self._release(items, None, None)
+        if not first:
+            return
+        cap = self.settings.credentials_retry_max_seconds
+        try:
+            await self._db(
+                holds.record,
+                self.settings.top_app_key,
+                exc.error_class,
+                exc.setting,
+                str(exc),
+                holds.retry_delay(1, cap),
+            )
+        except errors.DatabaseError:
+            pass
 
     async def _on_long_ban(self, items: list[queue.Item], exc: errors.RateLimited) -> None:
         until = datetime.now(UTC) + timedelta(seconds=exc.retry_after)
@@ -488,7 +564,9 @@ class Syncer:
         except errors.DatabaseError as db_exc:
             log.error("cannot record the ban: %s", db_exc)
 
-    async def _release(self, items: list[queue.Item], until: datetime | None, reason: str) -> None:
+    async def _release(
+        self, items: list[queue.Item], until: datetime | None, reason: str | None
+    ) -> None:
         try:
             await self._db(queue.release, items, self.worker, until, reason)
         except errors.DatabaseError as exc:
@@ -497,9 +575,10 @@ class Syncer:
     def _sync_client_stats(self) -> None:
         now = self.client.stats.snapshot()
         before = self._last_stats
-        self.counters.api_calls += now.calls - before.calls
-        self.counters.retries += now.retries - before.retries
-        self.counters.bans += now.bans - before.bans
+        for target in (self.counters, self._unsaved):
+            target.api_calls += now.calls - before.calls
+            target.retries += now.retries - before.retries
+            target.bans += now.bans - before.bans
         metrics.API_CALLS.labels("sent").inc(now.calls - before.calls)
         metrics.BANS.inc(now.bans - before.bans)
         for cls, n in (now.errors - before.errors).items():

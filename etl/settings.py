@@ -108,6 +108,19 @@ class Settings(BaseModel):
     refresh_after_seconds: float = Field(
         3600.0, ge=0, le=30 * 86_400, description="worker: re-fetch open orders synced before"
     )
+    shutdown_grace_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="on SIGTERM/SIGINT, how long batches in flight may finish before their ids "
+        "are released",
+    )
+    credentials_retry_max_seconds: float = Field(
+        300.0,
+        ge=15,
+        le=86_400,
+        description="worker: longest wait between two tries of rejected credentials, seconds",
+    )
     final_statuses: str = Field(
         "SUCCESS,CLOSED,CANCELLED,CANCELED,REFUNDED,FINISHED",
         description="wdk order_status values that are final (comma-separated)",

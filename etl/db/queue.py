@@ -7,8 +7,11 @@ lease expires and the rows are claimed again; the load is idempotent, so nothing
 duplicated.
 
 States: ``pending`` → ``leased`` → ``done`` | ``not_found`` | ``failed`` (retried later with
-backoff) → ``dead`` (after ``max_attempts``). A not-found id is asked for again
-``not_found_checks`` times (orders can appear late) before it stays ``not_found``.
+backoff) → ``dead`` (after ``max_attempts``, or at once for a permanent error on an id isolated
+by splitting). An id is ``not_found`` from its first not-found answer; while re-checks remain
+(``not_found_checks``; orders can appear late) its ``next_attempt_at`` is the next re-check and a
+claim takes it from that state. ``next_attempt_at`` is NULL once a row will never be claimed again.
+A credentials rejection or a ban releases the claimed ids untouched (back to ``pending``).
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-CLAIMABLE = ("pending", "failed")
-FINAL = ("done", "not_found", "dead")
+CLAIMABLE = ("pending", "failed", "not_found")  # when next_attempt_at is due
+FINAL = ("done", "not_found", "dead")  # answered (a not_found may still be re-checked)
+STATES = ("pending", "leased", "failed", "not_found", "done", "dead")
 
 
 @dataclass(frozen=True)
@@ -33,11 +37,13 @@ class Item:
     key: str
     attempts: int
     not_found_checks: int
+    prior_state: str = "pending"  # the state it was claimed from (restored by a release)
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one claimed item: ``done``, ``not_found`` or ``failed``."""
+    """What happened to one claimed item: ``done``, ``not_found``, ``failed`` or ``dead`` (a
+    permanent error: no retry can help)."""
 
     item: Item
     result: str
@@ -98,34 +104,41 @@ def claim(
     """Lease up to ``limit`` due items of ``api`` (and expired leases); the caller commits."""
     rows = conn.execute(
         sa.text(
-            "WITH c AS (SELECT id FROM sync_queue WHERE api = :api AND ("
-            "  (state IN ('pending', 'failed') AND next_attempt_at <= now())"
+            "WITH c AS (SELECT id, state AS prior FROM sync_queue WHERE api = :api AND ("
+            "  (state IN ('pending', 'failed', 'not_found') AND next_attempt_at <= now())"
             "  OR (state = 'leased' AND leased_until < now()))"
             " ORDER BY next_attempt_at, id LIMIT :limit FOR UPDATE SKIP LOCKED) "
             "UPDATE sync_queue q SET state = 'leased', leased_until = now() + make_interval("
             "secs => :lease), leased_by = :worker, run_id = :run, updated_at = now() "
             "FROM c WHERE q.id = c.id "
-            "RETURNING q.id, q.api, q.id_kind, q.key, q.attempts, q.not_found_checks"
+            "RETURNING q.id, q.api, q.id_kind, q.key, q.attempts, q.not_found_checks, "
+            "CASE WHEN c.prior = 'leased' THEN 'pending' ELSE c.prior END"
         ),
         {"api": api, "limit": limit, "lease": lease_seconds, "worker": worker, "run": run_id},
     ).all()
     return [Item(*row) for row in sorted(rows, key=lambda r: r[0])]
 
 
-def _plan(outcome: Outcome, policy: Policy) -> tuple[str, int, int, float]:
-    """(state, attempts, not_found_checks, delay) after ``outcome``."""
+def _plan(outcome: Outcome, policy: Policy) -> tuple[str, int, int, float | None]:
+    """(state, attempts, not_found_checks, delay until claimable; None = never) after
+    ``outcome``."""
     item = outcome.item
     if outcome.result == "done":
-        return "done", item.attempts, item.not_found_checks, 0.0
+        return "done", item.attempts, item.not_found_checks, None
     if outcome.result == "not_found":
         checks = item.not_found_checks + 1
         if checks >= policy.not_found_checks:
-            return "not_found", item.attempts, checks, 0.0
-        return "pending", item.attempts, checks, policy.recheck_delay(checks)
+            return "not_found", item.attempts, checks, None
+        return "not_found", item.attempts, checks, policy.recheck_delay(checks)
     attempts = item.attempts + 1
-    if attempts >= policy.max_attempts:
-        return "dead", attempts, item.not_found_checks, 0.0
+    if outcome.result == "dead" or attempts >= policy.max_attempts:
+        return "dead", attempts, item.not_found_checks, None
     return "failed", attempts, item.not_found_checks, policy.retry_delay(attempts)
+
+
+def settles(outcome: Outcome, policy: Policy) -> bool:
+    """Whether ``outcome`` leaves the id answered (done, not found, dead) rather than retried."""
+    return _plan(outcome, policy)[0] in FINAL
 
 
 def ack(conn: Connection, outcomes: Sequence[Outcome], policy: Policy, worker: str) -> int:
@@ -140,7 +153,7 @@ def ack(conn: Connection, outcomes: Sequence[Outcome], policy: Policy, worker: s
         sa.text(
             "UPDATE sync_queue q SET state = v.state, attempts = v.attempts, "
             "not_found_checks = v.checks, "
-            "next_attempt_at = now() + make_interval(secs => v.delay), "
+            "next_attempt_at = now() + make_interval(secs => v.delay), "  # NULL delay: never
             "last_error_class = v.err_class, last_error = v.err, leased_until = NULL, "
             "updated_at = now(), "
             "done_at = CASE WHEN v.state IN ('done', 'not_found', 'dead') THEN now() END "
@@ -172,17 +185,39 @@ def release(
     not_before: datetime | None = None,
     reason: str | None = None,
 ) -> int:
-    """Give leased items back untouched (no attempt used), due again at ``not_before``."""
+    """Give leased items back untouched (no attempt used, the state they were claimed from),
+    due again at ``not_before``."""
     if not items:
         return 0
     result = conn.execute(
         sa.text(
-            "UPDATE sync_queue SET state = 'pending', leased_until = NULL, updated_at = now(), "
+            "UPDATE sync_queue q SET state = v.prior, leased_until = NULL, updated_at = now(), "
             "next_attempt_at = GREATEST(now(), COALESCE(CAST(:nb AS timestamptz), now())), "
-            "last_error = COALESCE(CAST(:reason AS text), last_error) "
-            "WHERE id = ANY(CAST(:ids AS bigint[])) AND state = 'leased' AND leased_by = :worker"
+            "last_error = COALESCE(CAST(:reason AS text), q.last_error) "
+            "FROM (SELECT unnest(CAST(:ids AS bigint[])) AS id, "
+            "unnest(CAST(:priors AS text[])) AS prior) v "
+            "WHERE q.id = v.id AND q.state = 'leased' AND q.leased_by = :worker"
         ),
-        {"ids": [i.id for i in items], "nb": not_before, "worker": worker, "reason": reason},
+        {
+            "ids": [i.id for i in items],
+            "priors": [i.prior_state for i in items],
+            "nb": not_before,
+            "worker": worker,
+            "reason": reason,
+        },
+    )
+    return int(result.rowcount)
+
+
+def release_worker(conn: Connection, worker: str) -> int:
+    """Every lease ``worker`` still holds back to pending at once (a hard stop)."""
+    result = conn.execute(
+        sa.text(
+            "UPDATE sync_queue SET state = CASE WHEN not_found_checks > 0 AND attempts = 0 "
+            "THEN 'not_found' ELSE 'pending' END, leased_until = NULL, updated_at = now(), "
+            "next_attempt_at = now() WHERE state = 'leased' AND leased_by = :worker"
+        ),
+        {"worker": worker},
     )
     return int(result.rowcount)
 
@@ -253,11 +288,17 @@ def dead(conn: Connection, limit: int = 50, error_class: str | None = None) -> l
 
 
 def depth(conn: Connection) -> list[dict[str, Any]]:
-    """Rows per (api, state), with the oldest due time of each."""
+    """Rows per (api, state): how many, how many are due now, since when the oldest due one has
+    waited, and when the next not-yet-due one falls due (re-checks, retries)."""
     rows = conn.execute(
         sa.text(
-            "SELECT api, state, count(*) AS n, min(next_attempt_at) AS oldest, "
-            "count(*) FILTER (WHERE next_attempt_at <= now()) AS due "
+            "SELECT api, state, count(*) AS n, "
+            "count(*) FILTER (WHERE next_attempt_at <= now() AND state <> 'leased' "
+            "  OR state = 'leased' AND leased_until < now()) AS due, "
+            "min(next_attempt_at) FILTER (WHERE next_attempt_at <= now() "
+            "  AND state <> 'leased') AS oldest_due, "
+            "min(next_attempt_at) FILTER (WHERE next_attempt_at > now()) AS next_at, "
+            "max(leased_until) FILTER (WHERE state = 'leased') AS lease_until "
             "FROM sync_queue GROUP BY api, state ORDER BY api, state"
         )
     ).mappings()
@@ -270,7 +311,7 @@ def due_count(conn: Connection, api: str | None = None) -> int:
         conn.execute(
             sa.text(
                 "SELECT count(*) FROM sync_queue WHERE (CAST(:api AS text) IS NULL OR api = :api) "
-                "AND ((state IN ('pending', 'failed') AND next_attempt_at <= now()) "
+                "AND ((state IN ('pending', 'failed', 'not_found') AND next_attempt_at <= now()) "
                 "OR (state = 'leased' AND leased_until < now()))"
             ),
             {"api": api},
@@ -283,7 +324,7 @@ def next_due(conn: Connection, within: timedelta, api: str | None = None) -> dat
     value = conn.execute(
         sa.text(
             "SELECT min(CASE WHEN state = 'leased' THEN leased_until ELSE next_attempt_at END) "
-            "FROM sync_queue WHERE state IN ('pending', 'failed', 'leased') "
+            "FROM sync_queue WHERE state IN ('pending', 'failed', 'not_found', 'leased') "
             "AND (CAST(:api AS text) IS NULL OR api = :api) "
             "AND CASE WHEN state = 'leased' THEN leased_until ELSE next_attempt_at END "
             "<= now() + make_interval(secs => :within)"
@@ -323,3 +364,20 @@ def states_of(conn: Connection, api: str, id_kind: str, keys: Sequence[str]) -> 
         {"api": api, "kind": id_kind, "keys": list(keys)},
     ).all()
     return {str(s): int(n) for s, n in rows}
+
+
+def by_state(
+    conn: Connection, states: Sequence[str], api: str | None = None, limit: int | None = 1000
+) -> list[dict[str, Any]]:
+    """Ids in ``states`` with their last error and next attempt, oldest change first."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT api, id_kind, key, state, attempts, not_found_checks, next_attempt_at, "
+            "last_error_class, last_error, updated_at FROM sync_queue "
+            "WHERE state = ANY(CAST(:states AS text[])) "
+            "AND (CAST(:api AS text) IS NULL OR api = :api) "
+            "ORDER BY updated_at, id LIMIT :limit"
+        ),
+        {"states": list(states), "api": api, "limit": limit},
+    ).mappings()
+    return [dict(r) for r in rows]

@@ -289,8 +289,7 @@ sync_queue = sa.Table(
     c(
         "next_attempt_at",
         TZ,
-        "not to be claimed before this",
-        nullable=False,
+        "claimable from this time (pending, failed, not_found awaiting a re-check); NULL = never",
         server_default=sa.text("now()"),
     ),
     c("leased_until", TZ, "lease expiry while state = leased"),
@@ -318,12 +317,13 @@ sync_runs = sa.Table(
     c(
         "status",
         sa.Text,
-        "running, ok, failed or interrupted",
+        "running, ok, failed, interrupted or killed (its process vanished)",
         nullable=False,
         server_default="running",
     ),
     c("started_at", TZ, "start", nullable=False, server_default=sa.text("now()")),
     c("ended_at", TZ, "end (NULL while running)"),
+    c("heartbeat_at", TZ, "last sign of life of the process (every batch and every ~15 s)"),
     c("host", sa.Text, "host:pid of the process"),
     c("ids_claimed", sa.Integer, "queue rows claimed", nullable=False, server_default="0"),
     c("api_calls", sa.Integer, "platform calls made", nullable=False, server_default="0"),
@@ -398,4 +398,25 @@ top_bans = sa.Table(
         server_default=sa.text("now()"),
     ),
     comment="flow-control bans longer than top_ban_threshold, shared by every worker",
+)
+
+
+top_credential_holds = sa.Table(
+    "top_credential_holds",
+    metadata,
+    c("app_key", sa.Text, "the app key whose credentials the platform rejected", primary_key=True),
+    c("error_class", sa.Text, "AuthError, SignatureError, AppKeyError or PermissionDenied"),
+    c("setting", sa.Text, "what the operator must fix, e.g. ETL_TOP_SESSION"),
+    c("message", sa.Text, "the platform's answer"),
+    c("since", TZ, "first rejection", nullable=False, server_default=sa.text("now()")),
+    c("next_try_at", TZ, "when a worker next tries one call", nullable=False),
+    c("tries", sa.Integer, "probe calls rejected so far", nullable=False, server_default="0"),
+    c(
+        "updated_at",
+        TZ,
+        "last rejection",
+        nullable=False,
+        server_default=sa.text("now()"),
+    ),
+    comment="credentials the platform rejected: workers stop calling and retry one call at a time",
 )

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+import orjson
 
 from etl import errors
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WDK_METHOD = "alibaba.wdk.order.get"
 OMNI_METHOD = "alibaba.omni.order.query"
@@ -41,7 +44,9 @@ OMNI_NOT_FOUND_MARKERS = ("not-exist", "not-found", "notexist", "notfound", "no-
 
 
 class Caller(Protocol):
-    async def call(self, method: str, business: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def call_parsed(
+        self, method: str, business: Mapping[str, Any], parse: Callable[[dict[str, Any]], T]
+    ) -> T: ...
 
 
 @dataclass
@@ -87,29 +92,64 @@ def wdk_request(
     return {"id_list_query_req": query}
 
 
+def _malformed(what: str, payload: Mapping[str, Any], method: str) -> errors.MalformedResponse:
+    """A MalformedResponse that shows the start of the answer and its request_id."""
+    start = orjson.dumps(payload, default=str)[:200].decode("utf-8", errors="replace")
+    rid = payload.get("request_id")
+    return errors.MalformedResponse(
+        f"{what}; answer starts {start!r}",
+        method=method,
+        request_id=str(rid) if rid else None,
+    )
+
+
 def wdk_orders(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The orders in a wdk payload; raises BusinessError when ``return_code`` is not SUCCESS."""
+    """The orders in a wdk payload; raises BusinessError when ``return_code`` is not SUCCESS and
+    MalformedResponse when there is no result at all: "not found" is concluded only from a
+    successful result that lacks the order."""
     result = payload.get("result")
     results = result if isinstance(result, list) else [result] if result is not None else []
+    if not results:
+        raise _malformed("wdk answer without a result", payload, WDK_METHOD)
     orders: list[dict[str, Any]] = []
     rid = payload.get("request_id")
     for res in results:
         if not isinstance(res, Mapping):
-            raise errors.MalformedResponse("wdk result is not an object", method=WDK_METHOD)
+            raise _malformed("wdk result is not an object", payload, WDK_METHOD)
         code = str(res.get("return_code") or "")
         if code.upper() != "SUCCESS":
+            if not code:
+                raise _malformed("wdk result without a return_code", payload, WDK_METHOD)
             raise errors.BusinessError(
-                f"return_code={code or '(none)'} return_msg={res.get('return_msg') or ''}".strip(),
+                f"return_code={code} return_msg={res.get('return_msg') or ''}".strip(),
                 method=WDK_METHOD,
-                sub_code=code or None,
+                sub_code=code,
                 sub_msg=str(res.get("return_msg") or "") or None,
                 request_id=str(rid) if rid else None,
             )
         batch = res.get("orders") or []
         if not isinstance(batch, list) or not all(isinstance(o, Mapping) for o in batch):
-            raise errors.MalformedResponse("wdk orders is not a list of objects", method=WDK_METHOD)
+            raise _malformed("wdk orders is not a list of objects", payload, WDK_METHOD)
+        _check_total(res, len(batch), rid)
         orders.extend(dict(o) for o in batch)
     return orders
+
+
+def _check_total(result: Mapping[str, Any], carried: int, rid: Any) -> None:
+    total = result.get("total_number")
+    if total in (None, ""):
+        return
+    try:
+        declared = int(total)
+    except (TypeError, ValueError):
+        declared = -1
+    if declared != carried:
+        log.warning(
+            "wdk answer says total_number=%s but carries %d orders",
+            total,
+            carried,
+            extra={"request_id": rid, "method": WDK_METHOD},
+        )
 
 
 def omni_model(payload: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -118,7 +158,9 @@ def omni_model(payload: Mapping[str, Any]) -> dict[str, Any] | None:
     if isinstance(result, list):
         result = result[0] if result else None
     if not isinstance(result, Mapping):
-        raise errors.MalformedResponse("omni result is not an object", method=OMNI_METHOD)
+        raise _malformed("omni answer without a result object", payload, OMNI_METHOD)
+    if "success" not in result:
+        raise _malformed("omni result without success", payload, OMNI_METHOD)
     success = result.get("success")
     ok = success is True or str(success).lower() == "true"
     rid = payload.get("request_id")
@@ -137,7 +179,7 @@ def omni_model(payload: Mapping[str, Any]) -> dict[str, Any] | None:
     if model is None or model == {}:
         return None
     if not isinstance(model, Mapping):
-        raise errors.MalformedResponse("omni model is not an object", method=OMNI_METHOD)
+        raise _malformed("omni model is not an object", payload, OMNI_METHOD)
     return dict(model)
 
 
@@ -169,8 +211,9 @@ async def wdk_order_get(
     async def fetch(batch: list[str]) -> None:
         try:
             out.calls += 1
-            payload = await client.call(WDK_METHOD, wdk_request(id_kind, batch, filters))
-            orders = wdk_orders(payload)
+            orders = await client.call_parsed(
+                WDK_METHOD, wdk_request(id_kind, batch, filters), wdk_orders
+            )
         except (errors.CallerError, errors.BusinessError) as exc:
             if len(batch) == 1:
                 out.failed[batch[0]] = exc
@@ -205,7 +248,8 @@ async def omni_order_query(
     client: Caller, user_id: str, order_id: str, out_order_id: str
 ) -> dict[str, Any] | None:
     """The guide-sold order (user_id, order_id, out_order_id), or None if it does not exist."""
-    payload = await client.call(
-        OMNI_METHOD, {"user_id": user_id, "order_id": order_id, "out_order_id": out_order_id}
+    return await client.call_parsed(
+        OMNI_METHOD,
+        {"user_id": user_id, "order_id": order_id, "out_order_id": out_order_id},
+        omni_model,
     )
-    return omni_model(payload)

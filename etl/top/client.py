@@ -11,11 +11,11 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aiohttp
 import orjson
@@ -26,6 +26,7 @@ from etl.top import envelope, signing
 from etl.top.ratelimit import BanTooLong, FlowControl, shared
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_BAN_WAITS = 50  # short bans waited out per call before giving up
 USER_AGENT = "etl-top-client/0.1"
@@ -122,6 +123,9 @@ class TopClient:
         self._flow = flow
         self._rng = rng or random.Random()
         self.stats = CallStats()
+        # Once the platform rejects our credentials, no further call is sent: they are a property
+        # of the configuration, so every other call would be rejected too (and count against us).
+        self.rejected: errors.CredentialsRejected | None = None
 
     def __repr__(self) -> str:
         return f"TopClient(url={self.settings.top_url!r}, app_key={self.settings.top_app_key!r})"
@@ -159,20 +163,37 @@ class TopClient:
     def ban_remaining(self) -> float:
         return self.flow.gate.remaining()
 
+    def clear_rejection(self) -> None:
+        """Allow calls again after a credentials rejection (for a probe, or after a fix)."""
+        self.rejected = None
+
     async def call(self, method: str, business: Mapping[str, Any]) -> dict[str, Any]:
         """One logical call: retried, paced and ban-aware. Returns the payload (simplified shape).
 
         Raises the classified :class:`errors.TopError` when retrying cannot help or the attempts
         are used up, and :class:`errors.RateLimited` when a ban is longer than the threshold.
         """
+        return await self.call_parsed(method, business, _identity)
+
+    async def call_parsed(
+        self, method: str, business: Mapping[str, Any], parse: Callable[[dict[str, Any]], T]
+    ) -> T:
+        """:meth:`call`, with ``parse`` applied to the payload inside the retry loop: an answer
+        that ``parse`` finds malformed (:class:`errors.MalformedResponse`) is retried like any
+        transient error, and never taken for an empty result."""
         s = self.settings
         attempt = 0
         ban_waits = 0
         clock_retried = False
         while True:
             try:
+                if self.rejected is not None:
+                    raise self.rejected
                 async with self.flow.slot(max_ban_wait=s.top_ban_threshold):
-                    return await self._once(method, business)
+                    if self.rejected is not None:
+                        raise self.rejected
+                    payload = await self._once(method, business)
+                    return self._parse(method, payload, parse)
             except BanTooLong as exc:
                 raise errors.RateLimited(
                     "app key is banned (flow control)", retry_after=exc.remaining, method=method
@@ -184,6 +205,11 @@ class TopClient:
                 ban_waits += 1
                 if exc.retry_after > s.top_ban_threshold or ban_waits > MAX_BAN_WAITS:
                     raise
+            except errors.CredentialsRejected as exc:
+                if self.rejected is None:
+                    self.rejected = exc
+                    log.error(exc.hint(), extra=_err_context(exc))
+                raise
             except errors.ClockSkew as exc:
                 log.error(
                     "gateway says our clock is off by over 10 minutes; check this host's time",
@@ -194,6 +220,8 @@ class TopClient:
                 clock_retried = True
             except errors.TopError as exc:
                 attempt += 1
+                if isinstance(exc, errors.MalformedResponse):
+                    log.warning("malformed answer", extra=_err_context(exc, attempt))
                 if not exc.retryable or attempt >= s.top_max_attempts:
                     log.warning("call failed for good", extra=_err_context(exc, attempt))
                     raise
@@ -201,6 +229,17 @@ class TopClient:
                 delay = backoff(attempt, s.top_backoff_base, s.top_backoff_max, self._rng)
                 log.debug("retrying after %.2fs", delay, extra=_err_context(exc, attempt))
                 await asyncio.sleep(delay)
+
+    def _parse(
+        self, method: str, payload: dict[str, Any], parse: Callable[[dict[str, Any]], T]
+    ) -> T:
+        try:
+            return parse(payload)
+        except errors.MalformedResponse as exc:
+            exc.method = exc.method or method
+            exc.request_id = exc.request_id or envelope.request_id(payload)
+            self.stats.errors[exc.error_class] += 1
+            raise
 
     async def _once(self, method: str, business: Mapping[str, Any]) -> dict[str, Any]:
         if self._session is None:
@@ -234,6 +273,10 @@ class TopClient:
             extra={"method": method, "request_id": envelope.request_id(payload), "ms": elapsed_ms},
         )
         return payload
+
+
+def _identity(payload: dict[str, Any]) -> dict[str, Any]:
+    return payload
 
 
 def _err_context(exc: errors.TopError, attempt: int | None = None) -> dict[str, Any]:

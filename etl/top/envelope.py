@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from etl import errors
+from etl import chinatime, errors
 
 # List fields of both APIs and the item key the default shape wraps them in.
 LIST_FIELDS: dict[str, str] = {
@@ -26,7 +26,13 @@ LIST_FIELDS: dict[str, str] = {
     "pay_order_serial_infos": "pay_order_serial_info",
 }
 
-BAN_SECONDS = re.compile(r"ban will last for (\d+(?:\.\d+)?) more seconds", re.I)
+# Both spellings: "This ban will last for 12 more seconds" and
+# "accesscontrol.limited-by-app-api-access-count, will last 2 more seconds" (TOP_PROTOCOL §4).
+BAN_SECONDS = re.compile(r"will last (?:for )?(\d+(?:\.\d+)?) more seconds", re.I)
+# Daily quotas reset at midnight China time; such a ban often says no wait at all.
+DAILY_QUOTA_SUB_CODES = frozenset(
+    {"accesscontrol.limited-by-app-access-count", "isv.access-limited-by-app-access-count"}
+)
 
 TRANSIENT_CODES = frozenset({10, 44})
 FLOW_CODES = frozenset({7, 8})
@@ -135,7 +141,7 @@ def _as_list(item: Any, item_key: str) -> list[Any]:
 
 
 def ban_seconds(text: str | None) -> float | None:
-    """``This ban will last for 12 more seconds`` → 12.0."""
+    """``This ban will last for 12 more seconds`` / ``..., will last 12 more seconds`` → 12.0."""
     if not text:
         return None
     m = BAN_SECONDS.search(text)
@@ -157,7 +163,10 @@ def classify(error: Mapping[str, Any], method: str | None = None) -> errors.TopE
     }
     sc = (sub_code or "").lower()
     if code in FLOW_CODES or sc.startswith("accesscontrol.") or sc.startswith("isv.access-limited"):
-        seconds = ban_seconds(sub_msg) or ban_seconds(msg) or 1.0
+        seconds = ban_seconds(sub_msg) or ban_seconds(msg)
+        if seconds is None:
+            daily = sc in DAILY_QUOTA_SUB_CODES
+            seconds = chinatime.seconds_to_midnight() if daily else 1.0
         return errors.RateLimited(msg, retry_after=seconds, **kw)
     if code == 31 or sc == "isv.timestamp-limit-error":
         return errors.ClockSkew(msg, **kw)

@@ -91,15 +91,43 @@ def test_failed_ids_retry_then_die_and_can_be_requeued(engine: Engine) -> None:
     assert _states(engine) == {"pending": 1}
 
 
-def test_not_found_is_rechecked_before_it_is_final(engine: Engine) -> None:
+def _row(engine: Engine) -> tuple[object, ...]:
+    with engine.begin() as c:
+        return tuple(
+            c.execute(
+                sa.text(
+                    "SELECT state, not_found_checks, next_attempt_at > now(), "
+                    "next_attempt_at IS NULL FROM sync_queue"
+                )
+            ).one()
+        )
+
+
+def test_not_found_is_visible_at_once_and_rechecked_from_that_state(engine: Engine) -> None:
+    policy = queue.Policy(not_found_checks=2, not_found_delay=0.3)
     with engine.begin() as c:
         queue.enqueue(c, "omni", "omni", ["u,1,o"])
-    for expected in ({"pending": 1}, {"not_found": 1}):
-        time.sleep(0.03)
-        with engine.begin() as c:
-            items = queue.claim(c, "omni", 10, 60, "w", None)
-            queue.ack(c, [queue.Outcome(items[0], "not_found")], POLICY, "w")
-        assert _states(engine) == expected
+        items = queue.claim(c, "omni", 10, 60, "w", None)
+        queue.ack(c, [queue.Outcome(items[0], "not_found")], policy, "w")
+    # not_found at once, carrying the time of its re-check (not counted as backlog)
+    assert _row(engine) == ("not_found", 1, True, False)
+    with engine.begin() as c:
+        assert queue.claim(c, "omni", 10, 60, "w", None) == []  # not due yet
+        depth = {r["state"]: r for r in queue.depth(c)}
+        assert depth["not_found"]["due"] == 0 and depth["not_found"]["next_at"] is not None
+    time.sleep(0.35)
+    with engine.begin() as c:
+        items = queue.claim(c, "omni", 10, 60, "w", None)
+        assert [i.prior_state for i in items] == ["not_found"]
+        # a release (shutdown, ban) gives it back to the state it was claimed from
+        assert queue.release(c, items, "w") == 1
+    assert _row(engine)[0] == "not_found"
+    with engine.begin() as c:
+        items = queue.claim(c, "omni", 10, 60, "w", None)
+        queue.ack(c, [queue.Outcome(items[0], "not_found")], policy, "w")
+    assert _row(engine) == ("not_found", 2, None, True)  # no re-check left: never claimed again
+    with engine.begin() as c:
+        assert queue.claim(c, "omni", 10, 60, "w", None) == []
 
 
 def test_release_gives_items_back_without_using_an_attempt(engine: Engine) -> None:
