@@ -6,19 +6,21 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sqlalchemy.engine import Engine
 
-from etl import errors
+from etl import errors, logs
 from etl.db import engine as db_engine
-from etl.db import migrate, runs
+from etl.db import migrate, queue, runs
 from etl.pipeline import DrainResult, Progress, Syncer
 from etl.settings import Settings
 from etl.top.client import TopClient
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -47,18 +49,121 @@ class RunOutcome:
     status: str
 
 
-def stop_on_signals(stop: asyncio.Event) -> None:
-    """SIGINT / SIGTERM set ``stop``: batches in flight finish, nothing new is claimed."""
+@dataclass
+class Stopping:
+    """A graceful stop (``stop``: take no new batch, let the ones in flight finish) that turns
+    hard (``abort``: release the leases at once) after ``grace`` seconds or a second signal."""
+
+    grace: float
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    abort: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def request(self, why: str) -> None:
+        if self.stop.is_set():
+            if not self.abort.is_set():
+                log.warning("%s again: releasing the ids in flight and stopping now", why)
+            self.abort.set()
+            return
+        log.warning(
+            "%s: finishing the batches in flight (at most %.0fs), then stopping", why, self.grace
+        )
+        self.stop.set()
+        asyncio.get_running_loop().call_later(self.grace, self._grace_over)
+
+    def _grace_over(self) -> None:
+        if not self.abort.is_set():
+            log.warning("grace period of %.0fs over: releasing the ids in flight", self.grace)
+        self.abort.set()
+
+
+def stop_on_signals(stopping: Stopping | asyncio.Event, grace: float = 30.0) -> Stopping:
+    """SIGINT / SIGTERM: the first stops gracefully, the second (or the grace period) aborts."""
+    if isinstance(stopping, asyncio.Event):
+        stopping = Stopping(grace, stop=stopping)
     loop = asyncio.get_running_loop()
-
-    def handler(signame: str) -> None:
-        if not stop.is_set():
-            log.warning("%s received: finishing the batches in flight, then stopping", signame)
-        stop.set()
-
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, handler, sig.name)
+            loop.add_signal_handler(sig, stopping.request, sig.name + " received")
+    return stopping
+
+
+async def until_done_or_aborted(work: Awaitable[T], abort: asyncio.Event) -> tuple[bool, T | None]:
+    """Await ``work`` unless ``abort`` is set first (then cancel it): (finished, result)."""
+    task = asyncio.ensure_future(work)
+    aborted = asyncio.ensure_future(abort.wait())
+    try:
+        await asyncio.wait({task, aborted}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        aborted.cancel()
+    if task.done():
+        return True, task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False, None
+
+
+def release_leases(engine: Engine, worker: str) -> int:
+    """A hard stop: every id this process still holds goes back (no attempt charged)."""
+    try:
+        with engine.begin() as conn:
+            n = queue.release_worker(conn, worker)
+    except Exception as exc:  # the database may be the reason we are stuck
+        log.error("cannot release the leases (they expire by themselves): %s", exc)
+        return 0
+    if n:
+        log.warning("released %d ids still in flight (no attempt charged)", n)
+    return n
+
+
+async def heartbeat(engine: Engine, run_id: int, every: float = runs.HEARTBEAT_SECONDS) -> None:
+    """Touch the run's row while it lives (a killed run goes silent and shows as such)."""
+
+    def beat() -> None:
+        with engine.begin() as conn:
+            runs.heartbeat(conn, run_id)
+
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await asyncio.to_thread(beat)
+        except Exception as exc:
+            logs.DB_OUTAGE.failed(exc)
+
+
+async def wait_for_database(
+    settings: Settings, stop: asyncio.Event, *, cap: float = 30.0
+) -> Engine | None:
+    """``database(settings)`` once the server answers: retried with a backoff capped at ``cap``
+    seconds (logged once per outage); None if ``stop`` is set first. Schema and configuration
+    errors are raised at once."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            engine = await asyncio.to_thread(_open, settings)
+        except errors.DatabaseError as exc:
+            logs.DB_OUTAGE.failed(exc)
+        else:
+            logs.DB_OUTAGE.ok()
+            return engine
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        delay = min(cap, delay * 2)
+    return None
+
+
+def _open(settings: Settings) -> Engine:
+    try:
+        with database(settings):
+            pass
+    except errors.ConfigError:
+        raise
+    except Exception as exc:
+        translated = db_engine.translate(exc)
+        if translated is None:
+            raise
+        raise translated from exc
+    return db_engine.create_engine(settings, db_engine.database_url(settings))
 
 
 @contextlib.asynccontextmanager
@@ -70,7 +175,7 @@ async def run_record(engine: Engine, kind: str) -> AsyncIterator[int]:
 
 
 def finish_run(engine: Engine, run_id: int, result: DrainResult, interrupted: bool) -> str:
-    if result.fatal:
+    if result.fatal or result.credentials:
         status = "failed"
     elif interrupted:
         status = "interrupted"
@@ -78,8 +183,9 @@ def finish_run(engine: Engine, run_id: int, result: DrainResult, interrupted: bo
         status = "failed"
     else:
         status = "ok"
+    error = result.fatal or (result.credentials.hint() if result.credentials else None)
     with engine.begin() as conn:
-        runs.finish(conn, run_id, result.counters, status, result.fatal)
+        runs.finish(conn, run_id, result.counters, status, error)
     return status
 
 
@@ -88,28 +194,40 @@ async def drain_once(
     engine: Engine,
     kind: str,
     *,
-    stop: asyncio.Event | None = None,
+    stop: asyncio.Event | Stopping | None = None,
     progress: Progress | None = None,
     wait_for_retries: float = 0.0,
     client: TopClient | None = None,
 ) -> RunOutcome:
-    """One run of ``kind`` that drains the queue and records itself in sync_runs."""
-    stop = stop or asyncio.Event()
+    """One run of ``kind`` that drains the queue and records itself in sync_runs.
+
+    A graceful stop lets the batches in flight finish; an abort (second signal, grace period
+    over) cancels them and releases their ids untouched.
+    """
+    if not isinstance(stop, Stopping):
+        stop = Stopping(settings.shutdown_grace_seconds, stop=stop or asyncio.Event())
     async with run_record(engine, kind) as run_id:
         own_client = client is None
         top = client or TopClient(settings)
+        beat = asyncio.create_task(heartbeat(engine, run_id))
         try:
             if own_client:
                 await top.__aenter__()
             syncer = Syncer(settings, engine, top, run_id, progress=progress)
-            result = await syncer.drain(stop, wait_for_retries=wait_for_retries)
-        except BaseException:
-            with engine.begin() as conn:
-                runs.finish(conn, run_id, runs.RunCounters(), "failed", "crashed")
+            finished, result = await until_done_or_aborted(
+                syncer.drain(stop.stop, wait_for_retries=wait_for_retries), stop.abort
+            )
+            if not finished or result is None:
+                await asyncio.to_thread(release_leases, engine, syncer.worker)
+                result = DrainResult(syncer.counters, syncer.banned_until, syncer.fatal)
+        except BaseException as exc:
+            with engine.begin() as conn:  # the counters committed with each batch stay as they are
+                runs.set_status(conn, run_id, "failed", f"crashed: {exc!r}"[:500])
             raise
         finally:
+            beat.cancel()
             if own_client:
                 await top.close()
         syncer.quality.report()
-        status = finish_run(engine, run_id, result, stop.is_set())
+        status = finish_run(engine, run_id, result, stop.stop.is_set())
     return RunOutcome(run_id, result, status)

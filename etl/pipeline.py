@@ -271,9 +271,7 @@ class Syncer:
         except errors.DatabaseError:
             return
         if hold is not None:
-            log.warning(
-                "credentials accepted again (rejected since %s)", hold.since.isoformat()
-            )
+            log.warning("credentials accepted again (rejected since %s)", hold.since.isoformat())
 
     async def _lane(self, stop: asyncio.Event) -> None:
         size = self.settings.effective_claim_size()
@@ -537,7 +535,7 @@ class Syncer:
         if not first:
             return
         cap = self.settings.credentials_retry_max_seconds
-        try:
+        with contextlib.suppress(errors.DatabaseError):
             await self._db(
                 holds.record,
                 self.settings.top_app_key,
@@ -546,8 +544,6 @@ class Syncer:
                 str(exc),
                 holds.retry_delay(1, cap),
             )
-        except errors.DatabaseError:
-            pass
 
     async def _on_long_ban(self, items: list[queue.Item], exc: errors.RateLimited) -> None:
         until = datetime.now(UTC) + timedelta(seconds=exc.retry_after)

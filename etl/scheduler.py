@@ -1,25 +1,33 @@
-"""`etl worker`: APScheduler 3 wiring only (AsyncIOScheduler, memory job store, coalesce,
+"""`etl worker`: APScheduler 3 as a trigger only (AsyncIOScheduler, memory job store, coalesce,
 max_instances=1). The database, not the scheduler, makes sure work happens once: queue batches are
 claimed with SKIP LOCKED, and the singleton jobs (refresh of open orders, lease reclaim) run under
 a Postgres advisory lock so N workers never run them twice at once.
+
+The drains run in one task of their own that the scheduler only wakes, so a stop never cancels a
+batch in flight: on SIGTERM the drain finishes its batches, or after the grace period (or a second
+signal) it is cancelled and its ids are released untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.engine import Engine
 
-from etl import errors, metrics
-from etl.db import queue, runs
+from etl import errors, logs, metrics
+from etl.app import Stopping, release_leases, until_done_or_aborted
+from etl.db import holds, queue, runs
 from etl.pipeline import Syncer
 from etl.settings import Settings
+from etl.top import apis
 from etl.top.client import TopClient
 
 log = logging.getLogger(__name__)
@@ -28,6 +36,7 @@ LOCK_REFRESH = 7301002  # advisory lock keys of the singleton jobs
 LOCK_RECLAIM = 7301003
 RECLAIM_SECONDS = 60.0
 GAUGE_SECONDS = 15.0
+IDLE_LOG_SECONDS = 300.0  # an idle worker says so at most this often
 
 
 def with_advisory_lock(engine: Engine, key: int, fn: Callable[[sa.Connection], int]) -> int | None:
@@ -39,36 +48,133 @@ def with_advisory_lock(engine: Engine, key: int, fn: Callable[[sa.Connection], i
         return fn(conn)
 
 
+def drain_line(delta: runs.RunCounters, seconds: float) -> str:
+    """What one drain did, for a person reading the log (pure)."""
+    settled = delta.orders_inserted + delta.orders_updated + delta.orders_unchanged
+    return (
+        f"drain: {settled + delta.orders_stale} ids done, {delta.not_found} not found, "
+        f"{delta.failed} failed; orders {delta.orders_inserted} new, {delta.orders_updated} "
+        f"changed, {delta.orders_unchanged} unchanged; {delta.api_calls} calls; {seconds:.1f}s"
+    )
+
+
 class Worker:
     """The long-running job: drain every poll_seconds; refresh, reclaim and gauges periodically."""
 
-    def __init__(self, settings: Settings, engine: Engine, client: TopClient, run_id: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        client: TopClient,
+        run_id: int,
+        stopping: Stopping | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
+        self.client = client
         self.syncer = Syncer(settings, engine, client, run_id)
         self.run_id = run_id
-        self.stop = asyncio.Event()
-        self._busy = asyncio.Lock()
+        self.stopping = stopping or Stopping(settings.shutdown_grace_seconds)
+        self.stop = self.stopping.stop
+        self.wake = asyncio.Event()  # set by the poll job (or an id source): drain now
         self.fatal: str | None = None
+        self._probe_now = True  # at start-up a standing hold is tried at once (config renewed?)
+        self._last_work = time.monotonic()
+        self._last_idle_log = time.monotonic()
+
+    # ------------------------------------------------------------------------------ draining
 
     async def drain(self) -> None:
-        if self.stop.is_set():
+        if self.stop.is_set() or await self._held():
             return
-        async with self._busy:
-            self.syncer.banned_until = None
+        self.syncer.banned_until = None
+        before = runs.RunCounters()
+        before.add(self.syncer.counters)
+        started = time.monotonic()
+        result = await self.syncer.drain(self.stop)
+        if result.fatal:
+            self.fatal = result.fatal
+            self.stop.set()
+        self._report(before, time.monotonic() - started)
+
+    def _report(self, before: runs.RunCounters, seconds: float) -> None:
+        now = self.syncer.counters.numbers()
+        delta = runs.RunCounters(**{k: v - getattr(before, k) for k, v in now.items()})
+        if delta.ids_claimed:
+            self._last_work = self._last_idle_log = time.monotonic()
+            log.info(drain_line(delta, seconds))
+        elif time.monotonic() - self._last_idle_log >= IDLE_LOG_SECONDS:
+            self._last_idle_log = time.monotonic()
+            log.info("idle: nothing due for %.0fs", time.monotonic() - self._last_work)
+
+    async def _drain_loop(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=self.settings.poll_seconds)
+            self.wake.clear()
+            if self.stop.is_set():
+                return
             try:
-                result = await self.syncer.drain(self.stop)
+                await self.drain()
+            except errors.EtlError as exc:
+                log.error("drain failed: %s; will try again at the next tick", exc)
             except Exception:
                 log.exception("drain failed; will try again at the next tick")
-                return
-            if result.fatal:
-                self.fatal = result.fatal
-                self.stop.set()
-            await self._to_thread(self._save_counters)
 
-    def _save_counters(self) -> None:
-        with self.engine.begin() as conn:
-            runs.update(conn, self.run_id, self.syncer.counters)
+    # ---------------------------------------------------------------- rejected credentials
+
+    async def _held(self) -> bool:
+        """Whether a credentials hold stops this drain; tries one call when its time has come."""
+        key = self.settings.top_app_key
+        hold = await self._to_thread(self._in_tx, holds.get, key)
+        if hold is None:
+            self._probe_now = False
+            return False
+        force, self._probe_now = self._probe_now, False
+        if not await self._to_thread(self._in_tx, holds.take_try, key, force):
+            return True
+        if await self._probe(hold):
+            await self._to_thread(self._in_tx, holds.clear, key)
+            log.warning("credentials accepted again (rejected since %s)", hold.since.isoformat())
+            return False
+        rejected = self.client.rejected
+        cap = self.settings.credentials_retry_max_seconds
+        delay = holds.retry_delay(hold.tries + 1, cap)
+        await self._to_thread(
+            self._in_tx,
+            holds.record,
+            key,
+            rejected.error_class if rejected else hold.error_class,
+            rejected.setting if rejected else hold.setting,
+            str(rejected) if rejected else hold.message,
+            delay,
+        )
+        next_try = datetime.now(UTC) + timedelta(seconds=delay)
+        log.error(
+            "credentials still rejected: check %s; next try at %s",
+            rejected.setting if rejected else hold.setting,
+            next_try.isoformat(timespec="seconds"),
+        )
+        return True
+
+    async def _probe(self, hold: holds.Hold) -> bool:
+        """One call with the current credentials: anything but a rejection means they work."""
+        self.client.clear_rejection()
+        try:
+            if apis.OMNI_METHOD in (hold.message or ""):
+                await apis.omni_order_query(self.client, "1", "1", "1")
+            else:
+                await apis.wdk_order_get(self.client, ["1"], "biz", batch_size=1)
+        except errors.CredentialsRejected:
+            return False
+        except errors.TopError:
+            pass  # the platform answered, or could not be reached: not a rejection
+        return True
+
+    # ---------------------------------------------------------------------- periodic jobs
+
+    async def poll(self) -> None:
+        self.wake.set()
 
     async def refresh(self) -> None:
         s = self.settings
@@ -79,6 +185,7 @@ class Worker:
         n = await self._to_thread(with_advisory_lock, self.engine, LOCK_REFRESH, job)
         if n:
             log.info("re-enqueued %d open orders for a refresh", n)
+            self.wake.set()
 
     async def reclaim(self) -> None:
         n = await self._to_thread(
@@ -88,21 +195,29 @@ class Worker:
             log.warning("reclaimed %d ids whose worker's lease expired", n)
 
     async def gauges(self) -> None:
-        def job() -> list[dict[str, Any]]:
-            with self.engine.begin() as conn:
-                return queue.depth(conn)
-
-        rows = await self._to_thread(job)
+        rows = await self._to_thread(self._in_tx, queue.depth)
+        if rows is None:  # the database is away: keep the last values
+            return
         metrics.QUEUE_DEPTH.clear()
         for row in rows:
             metrics.QUEUE_DEPTH.labels(row["api"], row["state"]).set(row["n"])
 
+    async def heartbeat(self) -> None:
+        await self._to_thread(self._in_tx, runs.heartbeat, self.run_id)
+
+    def _in_tx(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self.engine.begin() as conn:
+            return fn(conn, *args)
+
     async def _to_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run database work off the loop; None while the database is away (logged once)."""
         try:
-            return await asyncio.to_thread(fn, *args)
+            out = await asyncio.to_thread(fn, *args)
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            log.error("database unavailable: %s", str(exc).splitlines()[0])
+            logs.DB_OUTAGE.failed(str(exc.orig) if exc.orig is not None else exc)
             return None
+        logs.DB_OUTAGE.ok()
+        return out
 
     def _guard(self, job: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         async def guarded() -> None:
@@ -116,29 +231,38 @@ class Worker:
         guarded.__name__ = job.__name__
         return guarded
 
+    # ------------------------------------------------------------------------------- the run
+
     async def run(self) -> None:
-        """Run until ``stop`` is set; then let the batches in flight finish."""
+        """Run until ``stop``; then let the batches in flight finish (or release them on abort)."""
         s = self.settings
         scheduler = AsyncIOScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}
         )
         now = datetime.now(UTC)
         jobs = [
-            (self.drain, s.poll_seconds),
+            (self.poll, s.poll_seconds),
             (self.refresh, s.refresh_interval_seconds),
             (self.reclaim, RECLAIM_SECONDS),
             (self.gauges, GAUGE_SECONDS),
+            (self.heartbeat, runs.HEARTBEAT_SECONDS),
         ]
         for fn, seconds in jobs:
             scheduler.add_job(
                 self._guard(fn), "interval", seconds=seconds, next_run_time=now, name=fn.__name__
             )
+        drains = asyncio.create_task(self._drain_loop())
         scheduler.start()
         log.info("worker started", extra={"run_id": self.run_id, "poll_seconds": s.poll_seconds})
         try:
             await self.stop.wait()
         finally:
-            scheduler.shutdown(wait=False)
-            async with self._busy:  # the drain in flight finishes its batches
-                pass
+            scheduler.shutdown(wait=False)  # no new job; the drain task is not the scheduler's
+            finished, _ = await until_done_or_aborted(drains, self.stopping.abort)
+            if not finished:
+                await asyncio.to_thread(release_leases, self.engine, self.syncer.worker)
             await self._to_thread(self._save_counters)
+
+    def _save_counters(self) -> None:
+        with self.engine.begin() as conn:
+            runs.update(conn, self.run_id, self.syncer.counters)

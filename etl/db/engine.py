@@ -56,6 +56,11 @@ def embedded_server(data_dir: Path) -> Any:
     return server
 
 
+def forget_embedded(pgdata: Path) -> None:
+    """Drop this process's handle of the cluster in ``pgdata`` (it was stopped by its owner)."""
+    _servers.pop(Path(pgdata).resolve(), None)
+
+
 def embedded_url(data_dir: Path, database: str = EMBEDDED_DB) -> str:
     """URL of ``database`` in the embedded cluster, creating the database if needed."""
     server = embedded_server(data_dir)

@@ -381,3 +381,14 @@ def by_state(
         {"states": list(states), "api": api, "limit": limit},
     ).mappings()
     return [dict(r) for r in rows]
+
+
+def rechecks_pending(conn: Connection) -> dict[str, int]:
+    """Per api: not-found ids that will be asked for again (a re-check is scheduled)."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT api, count(*) FROM sync_queue WHERE state = 'not_found' "
+            "AND next_attempt_at IS NOT NULL GROUP BY api"
+        )
+    ).all()
+    return {str(a): int(n) for a, n in rows}

@@ -103,6 +103,15 @@ def increment(conn: Connection, run_id: int, delta: RunCounters) -> None:
     )
 
 
+def set_status(conn: Connection, run_id: int, status: str, error: str | None) -> None:
+    """End a run without touching its counters (those committed with each batch are exact)."""
+    conn.execute(
+        sa.update(sync_runs)
+        .where(sync_runs.c.id == run_id)
+        .values(status=status, error=error, ended_at=sa.func.now())
+    )
+
+
 def heartbeat(conn: Connection, run_id: int) -> None:
     conn.execute(
         sa.update(sync_runs).where(sync_runs.c.id == run_id).values(heartbeat_at=sa.func.now())

@@ -128,15 +128,16 @@ def upgrade() -> None:
             comment="AuthError, SignatureError, AppKeyError or PermissionDenied",
         ),
         sa.Column(
-            "setting", sa.Text(), nullable=True, comment="what the operator must fix, e.g. ETL_TOP_SESSION"
+            "setting",
+            sa.Text(),
+            nullable=True,
+            comment="what the operator must fix, e.g. ETL_TOP_SESSION",
         ),
         sa.Column("message", sa.Text(), nullable=True, comment="the platform's answer"),
         sa.Column(
             "since", TZ, server_default=sa.text("now()"), nullable=False, comment="first rejection"
         ),
-        sa.Column(
-            "next_try_at", TZ, nullable=False, comment="when a worker next tries one call"
-        ),
+        sa.Column("next_try_at", TZ, nullable=False, comment="when a worker next tries one call"),
         sa.Column(
             "tries",
             sa.Integer(),

@@ -15,6 +15,7 @@ import pytest
 
 from etl.simulator import data
 from etl.simulator.server import SimulatorConfig, SimulatorThread
+from tests.conftest import stop_server
 from tests.helpers import etl_cmd, etl_env
 
 
@@ -133,10 +134,18 @@ def test_backfill_killed_halfway_then_rerun_finishes(
     existing = _existing(ids)
     assert states == {"done": len(existing), "not_found": len(ids) - len(existing)}
     assert {r[0] for r in q(db_url, "SELECT biz_order_id FROM wdk_orders")} == existing
-    first, second = q(db_url, "SELECT status, ids_claimed FROM sync_runs ORDER BY id")
-    assert first[0] == "running"  # the killed run never finished
+    first, second = q(
+        db_url,
+        "SELECT status, ids_claimed, orders_inserted, heartbeat_at IS NOT NULL, ended_at "
+        "IS NOT NULL FROM sync_runs ORDER BY id",
+    )
+    assert first[0] == "killed"  # seen as gone by the next run on this host
+    assert first[3]
+    assert first[4]
     assert second[0] == "ok"
     assert second[1] == len(ids) - done  # the re-run skipped what was done
+    # Counters commit with each batch: the killed run's row says what it really loaded.
+    assert first[2] + second[2] == len(existing)
     assert "leased by killed processes" in again.stderr
     _consistent(db_url)
 
@@ -240,7 +249,7 @@ def test_worker_recovers_from_a_postgres_restart(tmp_path: Path) -> None:
             assert {r[0] for r in q(url, "SELECT biz_order_id FROM wdk_orders")} == _existing(ids)
             _consistent(url)
     finally:
-        server.cleanup()
+        stop_server(server)  # the restarted postmaster is not the one the handle started
 
 
 def _worker(env: dict[str, str], *args: str) -> subprocess.Popen[str]:

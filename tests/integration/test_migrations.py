@@ -16,6 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from etl.db import engine as db_engine
 from etl.db import migrate
 from etl.db.tables import metadata
+from tests.conftest import stop_server
 
 EXPECTED_TABLES = {
     "wdk_orders",
@@ -114,7 +115,7 @@ def test_etl_migrate_with_no_configuration_uses_embedded_cluster(tmp_path: Path)
         url = str(server.get_uri(database=db_engine.EMBEDDED_DB))
         assert set(metadata.tables) == _tables(url)
     finally:
-        server.cleanup()
+        stop_server(server)
 
 
 def test_bad_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
