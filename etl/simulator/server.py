@@ -29,7 +29,10 @@ from etl.simulator import data
 from etl.top import signing
 from etl.top.apis import ID_KINDS, OMNI_METHOD, WDK_METHOD
 
-FAULT_KINDS = ("http_502", "remote_timeout", "truncated", "control_chars", "slow")
+# control_chars is a property of the order (the same orders always carry the same raw control
+# characters, so re-fetching unchanged data is byte-identical); the others hit random answers.
+FAULT_KINDS = ("http_502", "remote_timeout", "truncated", "control_chars", "slow", "no_result")
+CONTROL_CHARS = "\x07\x1f"  # put raw (unescaped) into the body of the orders that carry them
 TIMESTAMP_SKEW = 600  # seconds the gateway tolerates
 
 
@@ -52,6 +55,9 @@ class SimulatorConfig:
     poison_ids: frozenset[str] = frozenset()  # ids that make their whole batch a caller error
     epoch: int = 0  # bump to make a share (change_rate) of orders change
     change_rate: float = 0.1
+    # How flow-control bans spell their wait: "this_ban" ("This ban will last for N more
+    # seconds") or "gateway" ("<sub_code>, will last N more seconds"); both are seen in practice.
+    ban_spelling: str = "this_ban"
 
     def __repr__(self) -> str:
         return f"SimulatorConfig(app_key={self.app_key!r}, seed={self.seed}, qps={self.qps})"
@@ -90,6 +96,9 @@ class GatewayError(Exception):
     def __init__(self, code: int, msg: str, sub_code: str | None = None, sub_msg: str = "") -> None:
         super().__init__(msg)
         self.code, self.msg, self.sub_code, self.sub_msg = code, msg, sub_code, sub_msg
+
+
+_ESCAPED_CONTROL = orjson.dumps(CONTROL_CHARS)[1:-1]
 
 
 class _AppLimiter:
@@ -160,7 +169,8 @@ class Simulator:
         """Force what the next calls meet, one step per call, before anything random.
 
         A step is a fault kind (``http_502``, ``remote_timeout``, ``truncated``, ``control_chars``,
-        ``slow``), ``ban:SECONDS``, ``quota_ban:SECONDS``, ``error:CODE[:SUB_CODE]``, or ``ok``.
+        ``slow``, ``no_result``), ``ban:SECONDS``, ``quota_ban:SECONDS``, ``daily_ban`` (no wait
+        given), ``error:CODE[:SUB_CODE]``, or ``ok``.
         """
         self._script.extend(steps)
 
@@ -193,6 +203,11 @@ class Simulator:
             await asyncio.sleep(delay)
         if self._fault("http_502", step):
             return web.Response(status=502, text="<html>502 Bad Gateway</html>")
+        if self._fault("no_result", step):  # a well-formed envelope that carries nothing
+            method = params.get("method", "")
+            return web.json_response(
+                {method.replace(".", "_") + "_response": {"request_id": self._request_id()}}
+            )
         method = params.get("method", "")
         simplify = params.get("simplify", "").lower() == "true"
         try:
@@ -218,12 +233,33 @@ class Simulator:
             if simplify
             else {method.replace(".", "_") + "_response": data.wrap_lists(payload)}
         )
+        dirty = self._mark_control_chars(payload) if not step else 0
         body = orjson.dumps(body_obj)
-        if self._fault("control_chars", step):
+        if dirty:
+            body = body.replace(_ESCAPED_CONTROL, CONTROL_CHARS.encode())
+        elif self._fault("control_chars", step):
             body = body.replace(b'"duty_code":"', b'"duty_code":"\x07\x1f', 1)
         if self._fault("truncated", step):
             body = body[: max(1, len(body) // 2)]
         return web.Response(body=body, content_type="application/json", charset="utf-8")
+
+    def _mark_control_chars(self, payload: dict[str, Any]) -> int:
+        """Prefix the duty_code of the wdk orders that carry raw control characters (a fixed
+        share ``faults['control_chars']`` of orders, chosen by id); returns how many."""
+        rate = self.config.faults.get("control_chars", 0.0)
+        result = payload.get("result")
+        if rate <= 0 or not isinstance(result, dict):
+            return 0
+        n = 0
+        for order in result.get("orders") or []:
+            if data._h(self.config.seed, "control_chars", order["biz_order_id"]) % 10_000 < (
+                rate * 10_000
+            ):
+                order["duty_code"] = CONTROL_CHARS + str(order.get("duty_code") or "")
+                n += 1
+        if n:
+            self.counters.faults["control_chars"] += n
+        return n
 
     def _next_step(self) -> str:
         return self._script.pop(0) if self._script else ""
@@ -260,6 +296,14 @@ class Simulator:
             self.ban(
                 float(arg or self.config.ban_seconds), quota=kind == "quota_ban", app_key=app_key
             )
+        elif kind == "daily_ban":  # the daily quota, spent: no wait given (it lasts to midnight)
+            self.counters.bans += 1
+            raise GatewayError(
+                7,
+                "App Call Limited",
+                "accesscontrol.limited-by-app-access-count",
+                "应用调用次数超限",
+            )
         elif kind == "error":
             code, _, sub_code = arg.partition(":")
             raise GatewayError(int(code), "Scripted error", sub_code or None, "scripted")
@@ -295,8 +339,11 @@ class Simulator:
 
     def _check_timestamp(self, text: str) -> None:
         try:
-            sent = chinatime.parse(text)
-        except ValueError:
+            if text.isdigit():  # epoch milliseconds, as the platform's older Python SDK sends
+                sent = datetime.fromtimestamp(int(text) / 1000, chinatime.CHINA)
+            else:
+                sent = chinatime.parse(text)
+        except (ValueError, OverflowError, OSError):
             raise GatewayError(
                 31, "Invalid Timestamp", "isv.timestamp-limit-error", "timestamp格式错误"
             ) from None
@@ -319,13 +366,13 @@ class Simulator:
             self.ban(self.config.ban_seconds, app_key=app_key)
         if lim.ban_until > now or lim.ban_until > time.monotonic():
             self.counters.bans += 1
-            left = math.ceil(lim.ban_until - time.monotonic())
-            raise GatewayError(
-                7,
-                "App Call Limited",
-                lim.ban_sub_code,
-                f"This ban will last for {max(1, left)} more seconds",
+            left = max(1, math.ceil(lim.ban_until - time.monotonic()))
+            wait = (
+                f"{lim.ban_sub_code}, will last {left} more seconds"
+                if self.config.ban_spelling == "gateway"
+                else f"This ban will last for {left} more seconds"
             )
+            raise GatewayError(7, "App Call Limited", lim.ban_sub_code, wait)
 
     # ------------------------------------------------------------------------------- the APIs
 

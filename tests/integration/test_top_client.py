@@ -255,3 +255,93 @@ async def test_no_secret_in_any_debug_log_line(
     assert secret not in text
     assert session not in text
     assert repr(client).count(secret) == 0
+
+
+async def test_rejected_credentials_are_never_split_nor_resent(sim: Simulator) -> None:
+    """200 ids with a wrong secret: no splitting "to isolate bad ids", and once the first answer
+    says the signature is wrong, nothing more is sent (the calls already in flight aside)."""
+    s = settings_for(sim.url, concurrency=4)
+    s = s.model_copy(update={"top_app_secret": type(s.top_app_secret)("not-the-secret")})
+    ids = [str(data.FIRST_DEMO_BIZ_ID + i) for i in range(200)]
+    async with TopClient(s) as client:
+        with pytest.raises(errors.SignatureError) as info:
+            await apis.wdk_order_get(client, ids, "biz", batch_size=20)
+        assert client.rejected is not None
+        with pytest.raises(errors.SignatureError):  # refused locally, not sent again
+            await client.call(apis.WDK_METHOD, apis.wdk_request("biz", ids[:1]))
+    assert sim.counters.calls <= 4  # at most the calls that were already in flight
+    assert "ETL_TOP_APP_SECRET" in info.value.hint()
+
+
+async def test_unknown_app_key_names_its_setting(sim: Simulator) -> None:
+    s = settings_for(sim.url).model_copy(update={"top_app_key": "99999999"})
+    async with TopClient(s) as client:
+        with pytest.raises(errors.AppKeyError) as info:
+            await apis.wdk_order_get(client, IDS[:2], "biz")
+    assert "ETL_TOP_APP_KEY" in info.value.hint()
+
+
+async def test_an_answer_without_a_result_is_retried_never_taken_for_not_found(
+    sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim.script("no_result", "no_result")
+    with caplog.at_level(logging.WARNING, logger="etl.top.client"):
+        async with TopClient(settings_for(sim.url)) as client:
+            got = await apis.wdk_order_get(client, IDS[:10], "biz")
+    assert {str(o["biz_order_id"]) for o in got.orders} == _existing(IDS[:10])
+    assert got.missing == sorted(set(IDS[:10]) - _existing(IDS[:10]), key=IDS.index)
+    assert client.stats.errors["MalformedResponse"] == 2
+    assert client.stats.calls == 3
+    malformed = [r for r in caplog.records if r.getMessage() == "malformed answer"]
+    assert len(malformed) == 2
+    assert "without a result" in malformed[0].__dict__["error"]
+    assert malformed[0].__dict__["request_id"]  # the platform's support asks for it
+
+
+async def test_a_result_that_never_comes_fails_the_ids_not_marks_them_missing(
+    sim: Simulator,
+) -> None:
+    sim.script(*["no_result"] * 10)
+    async with TopClient(settings_for(sim.url, top_max_attempts=3)) as client:
+        got = await apis.wdk_order_get(client, IDS[:4], "biz")
+    assert got.missing == []
+    assert set(got.failed) == set(IDS[:4])
+    assert all(isinstance(e, errors.MalformedResponse) for e in got.failed.values())
+
+
+async def test_epoch_millisecond_timestamps_are_accepted(sim: Simulator) -> None:
+    import aiohttp
+
+    from etl.top import signing
+    from etl.top.client import build_params
+
+    s = settings_for(sim.url)
+    params = build_params(apis.WDK_METHOD, apis.wdk_request("biz", IDS[:2]), s)
+    params.pop("sign")
+    params["timestamp"] = str(int(time.time() * 1000))  # the older official Python SDK's form
+    params["sign"] = signing.sign(params, s.top_app_secret.get_secret_value(), s.top_sign_method)
+    async with aiohttp.ClientSession() as http, http.post(sim.url, data=params) as resp:
+        body = await resp.json()
+    assert "error_response" not in body, body
+    assert body["result"]["return_code"] == "SUCCESS"
+
+
+async def test_control_characters_are_a_property_of_the_order() -> None:
+    """The same orders always carry the same raw control characters, so re-fetching unchanged
+    orders gives identical bytes (a second demo reports 0 changed)."""
+    sim = Simulator(SimulatorConfig(missing_rate=0.0, faults={"control_chars": 0.3}))
+    await sim.start()
+    try:
+        async with TopClient(settings_for(sim.url)) as client:
+            first = await apis.wdk_order_get(client, IDS, "biz", batch_size=20)
+            second = await apis.wdk_order_get(client, list(reversed(IDS)), "biz", batch_size=7)
+    finally:
+        await sim.stop()
+
+    def by_id(orders: list[dict[str, object]]) -> dict[object, object]:
+        return {o["biz_order_id"]: o for o in orders}
+
+    assert by_id(first.orders) == by_id(second.orders)
+    dirty = [o for o in first.orders if str(o["duty_code"]).startswith("\x07\x1f")]
+    assert 5 < len(dirty) < 35  # about 30 % of 60
+    assert client.stats.retries == 0

@@ -173,6 +173,44 @@ def test_ban_seconds_are_read_from_sub_msg() -> None:
     assert envelope.ban_seconds("nothing here") is None
 
 
+def test_ban_seconds_in_the_gateways_own_spelling() -> None:
+    # "<sub_code>, will last N more seconds": no "This ban", no "for" (TOP_PROTOCOL §4).
+    err = envelope.classify(
+        {
+            "code": 7,
+            "sub_code": "accesscontrol.limited-by-app-api-access-count",
+            "sub_msg": "accesscontrol.limited-by-app-api-access-count, will last 90 more seconds",
+        }
+    )
+    assert isinstance(err, errors.RateLimited)
+    assert err.retry_after == 90.0
+
+
+def test_a_daily_quota_ban_without_a_wait_lasts_until_midnight_china_time() -> None:
+    from datetime import datetime
+
+    from etl import chinatime
+
+    err = envelope.classify(
+        {
+            "code": 7,
+            "msg": "App Call Limited",
+            "sub_code": "accesscontrol.limited-by-app-access-count",
+            "sub_msg": "应用调用次数超限",
+        }
+    )
+    assert isinstance(err, errors.RateLimited)
+    expected = chinatime.seconds_to_midnight()
+    assert abs(err.retry_after - expected) < 5
+    assert err.retry_after > 1.0 or expected < 5
+    noon = datetime(2026, 11, 22, 12, 0, tzinfo=chinatime.CHINA)
+    assert chinatime.seconds_to_midnight(noon) == 12 * 3600
+    # A per-second ban that names no wait is still a short one.
+    short = envelope.classify({"code": 7, "sub_code": "accesscontrol.limited-by-api-access-count"})
+    assert isinstance(short, errors.RateLimited)
+    assert short.retry_after == 1.0
+
+
 def test_retryable_flags() -> None:
     assert errors.TransportError().retryable
     assert errors.PlatformTransient().retryable
