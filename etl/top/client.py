@@ -206,9 +206,10 @@ class TopClient:
                 if exc.retry_after > s.top_ban_threshold or ban_waits > MAX_BAN_WAITS:
                     raise
             except errors.CredentialsRejected as exc:
+                # Said once by whoever stops on it (the command's last line, or the worker).
+                log.debug("credentials rejected", extra=_err_context(exc))
                 if self.rejected is None:
                     self.rejected = exc
-                    log.error(exc.hint(), extra=_err_context(exc))
                 raise
             except errors.ClockSkew as exc:
                 log.error(
