@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -106,3 +107,35 @@ def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     assert result.stderr.startswith("etl: error: database: connection failed")
     assert "Traceback" not in result.stderr
     assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_simulate_starts_quietly_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+    env.update(ETL_CONFIG="", ETL_DATA_DIR=str(tmp_path))
+    proc = subprocess.Popen(
+        etl_cmd("simulate", "--port", str(port)),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert "listening" in first
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert "alembic" not in err  # no INFO chatter from the migration library
+    assert "Traceback" not in err

@@ -356,3 +356,27 @@ def test_a_worker_started_while_postgres_is_down_waits_for_it(tmp_path: Path) ->
         assert "Traceback" not in err
     finally:
         stop_server(server)
+
+
+def test_the_worker_says_what_it_did_not_what_the_scheduler_did(
+    db_url: str, sim: SimulatorThread, tmp_path: Path
+) -> None:
+    env = etl_env(db_url, sim.url, top_qps=100, poll_seconds=0.3)
+    env["ETL_LOG_LEVEL"] = "INFO"
+    ids = _ids(100, 10_000)
+    _enqueue(env, ids, tmp_path)
+    worker = _start(env, "worker")
+    try:
+        assert _wait_for(lambda: states(db_url) == {"done": 100}, 30)
+        time.sleep(2)  # a few idle polls
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+    drains = [line for line in err.splitlines() if "drain: " in line]
+    assert drains
+    assert sum(int(line.split("drain: ")[1].split()[0]) for line in drains) == 100
+    assert "orders 100 new" in err or len(drains) > 1
+    assert "apscheduler" not in err  # "Running job ..." is DEBUG chatter
+    assert "Running job" not in err
+    assert len(err.splitlines()) < 20  # idle polls print nothing

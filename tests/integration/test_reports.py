@@ -265,6 +265,35 @@ def test_sync_freshness(conn: sa.Connection) -> None:
     assert got["wdk", "S1"]["lag"].total_seconds() >= 0
 
 
+def test_sync_freshness_never_shows_a_future_time_as_oldest_pending(conn: sa.Connection) -> None:
+    """Ids waiting for a later retry or re-check are not "pending since" a future time, and
+    not-found ids are counted apart from the backlog."""
+    policy = queue.Policy(not_found_checks=3, not_found_delay=3600, retry_base=3600)
+    queue.enqueue(conn, "wdk", "biz", ["8", "9"])
+    items = {i.key: i for i in queue.claim(conn, "wdk", 10, 60, "w", None)}
+    queue.ack(
+        conn,
+        [
+            queue.Outcome(items["6"], "not_found"),
+            queue.Outcome(items["7"], "failed", "TransportError", "reset"),
+            queue.Outcome(items["8"], "done"),
+        ],
+        policy,
+        "w",
+    )
+    queue.release(conn, [items["9"]], "w")
+    got = {(r["api"], r["store_id"]): r for r in rows(conn, "sync-freshness")}["wdk", "S1"]
+    now = conn.execute(sa.select(sa.func.now())).scalar_one()
+    assert got["queue_oldest_pending"] is not None
+    assert got["queue_oldest_pending"] <= now  # "9", due now; not "7"'s retry in an hour
+    assert got["queue_backlog"] == 2  # "7" (failed, retried later) and "9"
+    assert got["queue_not_found"] == 1
+    queue.release(conn, [], "w")
+    conn.execute(sa.text("UPDATE sync_queue SET state = 'done' WHERE key = '9'"))
+    got = {(r["api"], r["store_id"]): r for r in rows(conn, "sync-freshness")}["wdk", "S1"]
+    assert got["queue_oldest_pending"] is None  # only a retry in an hour: nothing is due
+
+
 def test_data_quality(conn: sa.Connection) -> None:
     got = {(r["check_name"], r["order_key"]) for r in rows(conn, "data-quality")}
     assert got == {

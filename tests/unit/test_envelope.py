@@ -233,3 +233,39 @@ def test_simplified_orders_are_not_copied_and_wrapped_ones_are() -> None:
     assert not envelope.is_simplified(wrapped)
     assert not envelope.is_simplified({"x": {"orders": {}}})  # a wrapper nested anywhere
     assert envelope.unwrap_lists(wrapped) == order
+
+
+def test_a_total_number_that_disagrees_with_the_orders_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    payload = {
+        "result": {"return_code": "SUCCESS", "total_number": 3, "orders": [{"biz_order_id": 1}]},
+        "request_id": "rid7",
+    }
+    with caplog.at_level("WARNING", logger="etl.top.apis"):
+        assert apis.wdk_orders(payload) == [{"biz_order_id": 1}]
+    assert "total_number=3 but carries 1 orders" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"request_id": "x"},
+        {"result": None, "request_id": "x"},
+        {"result": [], "request_id": "x"},
+        {"result": {"orders": []}, "request_id": "x"},
+    ],
+)
+def test_a_successful_envelope_without_a_result_is_malformed_not_empty(
+    payload: dict[str, object],
+) -> None:
+    with pytest.raises(errors.MalformedResponse) as info:
+        apis.wdk_orders(payload)
+    assert info.value.retryable
+    assert info.value.request_id == "x"
+    assert "answer starts" in str(info.value)
+
+
+def test_omni_without_success_is_malformed() -> None:
+    with pytest.raises(errors.MalformedResponse):
+        apis.omni_model({"result": {"model": {"order_id": "1"}}})

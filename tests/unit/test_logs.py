@@ -58,3 +58,29 @@ def test_text_format_and_exceptions_are_scrubbed() -> None:
     assert "failed with ***" in text
     assert "hunter2-secret" not in text
     assert "ValueError" in text
+
+
+def test_an_outage_is_one_line_a_reminder_a_minute_and_one_line_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from etl.logs import OutageLog
+
+    now = [0.0]
+    outage = OutageLog(logging.getLogger("test.outage"), remind=60, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="test.outage"):
+        for second in range(0, 130):
+            now[0] = float(second)
+            for _ in range(4):  # four lanes failing every second
+                outage.failed(ConnectionError("connection refused\nDETAIL: more"))
+        now[0] = 131.0
+        outage.ok()
+        outage.ok()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "database unavailable: connection refused",
+        "database still unavailable after 60s: connection refused",
+        "database still unavailable after 120s: connection refused",
+        "database is back after 131s",
+    ]
