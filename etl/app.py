@@ -64,9 +64,7 @@ class Stopping:
                 log.warning("%s again: releasing the ids in flight and stopping now", why)
             self.abort.set()
             return
-        log.warning(
-            "%s: stopping; the work in flight may finish (at most %.0fs)", why, self.grace
-        )
+        log.warning("%s: stopping; the work in flight may finish (at most %.0fs)", why, self.grace)
         self.stop.set()
         asyncio.get_running_loop().call_later(self.grace, self._grace_over)
 
@@ -198,6 +196,7 @@ async def drain_once(
     progress: Progress | None = None,
     wait_for_retries: float = 0.0,
     client: TopClient | None = None,
+    backfill: int | None = None,
 ) -> RunOutcome:
     """One run of ``kind`` that drains the queue and records itself in sync_runs.
 
@@ -213,7 +212,7 @@ async def drain_once(
         try:
             if own_client:
                 await top.__aenter__()
-            syncer = Syncer(settings, engine, top, run_id, progress=progress)
+            syncer = Syncer(settings, engine, top, run_id, progress=progress, backfill=backfill)
             finished, result = await until_done_or_aborted(
                 syncer.drain(stop.stop, wait_for_retries=wait_for_retries), stop.abort
             )

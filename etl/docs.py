@@ -44,6 +44,8 @@ DOCUMENTED = (
     t.sync_runs,
     t.top_bans,
     t.top_credential_holds,
+    t.backfills,
+    t.backfill_ids,
 )
 
 

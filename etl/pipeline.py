@@ -205,8 +205,10 @@ class Syncer:
         run_id: int,
         *,
         progress: Progress | None = None,
+        backfill: int | None = None,
     ) -> None:
         self.settings = settings
+        self.backfill = backfill  # claim only this backfill's ids (etl backfill)
         self.engine = engine
         self.client = client
         self.run_id = run_id
@@ -241,7 +243,9 @@ class Syncer:
             if self.halted() or stop.is_set() or wait_for_retries <= 0:
                 break
             try:
-                due = await self._db(queue.next_due, timedelta(seconds=wait_for_retries))
+                due = await self._db(
+                    queue.next_due, timedelta(seconds=wait_for_retries), None, self.backfill
+                )
             except errors.DatabaseError:
                 due = datetime.now(UTC) + timedelta(seconds=5)
             if due is None:
@@ -293,7 +297,13 @@ class Syncer:
     async def _claim(self, api: str, size: int) -> list[queue.Item]:
         def claim(conn: sa.Connection) -> list[queue.Item]:
             return queue.claim(
-                conn, api, size, self.settings.lease_seconds, self.worker, self.run_id
+                conn,
+                api,
+                size,
+                self.settings.lease_seconds,
+                self.worker,
+                self.run_id,
+                self.backfill,
             )
 
         try:

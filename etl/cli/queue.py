@@ -191,7 +191,7 @@ def backfill(
     import asyncio
 
     from etl import app
-    from etl.db import queue
+    from etl.db import backfills, queue
 
     if not file:
         raise errors.InputError("backfill needs --file (or --file - for stdin)")
@@ -212,10 +212,14 @@ def backfill(
         with app.database(state.settings) as engine:
             with engine.begin() as conn:
                 queue.enqueue(conn, api, kind, keys, refresh=refresh)
-                states = queue.states_of(conn, api, kind, keys)
+                backfill_id, _ = backfills.register(conn, api, kind, keys, file)
+                states = backfills.states(conn, backfill_id)
             finished = sum(states.get(s, 0) for s in queue.FINAL)
             todo = len(keys) - finished
-            click.echo(f"{len(keys)} ids: {finished} already finished, {todo} to fetch")
+            click.echo(
+                f"backfill {backfill_id}: {len(keys)} ids, {finished} already finished, "
+                f"{todo} to fetch"
+            )
             columns = (
                 TextColumn("[progress.description]{task.description}"),
                 BarColumn(),
@@ -243,6 +247,7 @@ def backfill(
                     stop=stop,
                     progress=progress,
                     wait_for_retries=wait,
+                    backfill=backfill_id,
                 )
 
     import time

@@ -98,15 +98,27 @@ def enqueue(
     return total
 
 
+# Restricts a statement on sync_queue to the rows of one backfill.
+_IN_BACKFILL = " AND id IN (SELECT queue_id FROM backfill_ids WHERE backfill_id = :backfill)"
+
+
 def claim(
-    conn: Connection, api: str, limit: int, lease_seconds: float, worker: str, run_id: int | None
+    conn: Connection,
+    api: str,
+    limit: int,
+    lease_seconds: float,
+    worker: str,
+    run_id: int | None,
+    backfill: int | None = None,
 ) -> list[Item]:
-    """Lease up to ``limit`` due items of ``api`` (and expired leases); the caller commits."""
+    """Lease up to ``limit`` due items of ``api`` (and expired leases) — only those of backfill
+    ``backfill`` when given; the caller commits."""
     rows = conn.execute(
         sa.text(
             "WITH c AS (SELECT id, state AS prior FROM sync_queue WHERE api = :api AND ("
             "  (state IN ('pending', 'failed', 'not_found') AND next_attempt_at <= now())"
             "  OR (state = 'leased' AND leased_until < now()))"
+            f"{_IN_BACKFILL if backfill is not None else ''}"
             " ORDER BY next_attempt_at, id LIMIT :limit FOR UPDATE SKIP LOCKED) "
             "UPDATE sync_queue q SET state = 'leased', leased_until = now() + make_interval("
             "secs => :lease), leased_by = :worker, run_id = :run, updated_at = now() "
@@ -114,7 +126,14 @@ def claim(
             "RETURNING q.id, q.api, q.id_kind, q.key, q.attempts, q.not_found_checks, "
             "CASE WHEN c.prior = 'leased' THEN 'pending' ELSE c.prior END"
         ),
-        {"api": api, "limit": limit, "lease": lease_seconds, "worker": worker, "run": run_id},
+        {
+            "api": api,
+            "limit": limit,
+            "lease": lease_seconds,
+            "worker": worker,
+            "run": run_id,
+            "backfill": backfill,
+        },
     ).all()
     return [Item(*row) for row in sorted(rows, key=lambda r: r[0])]
 
@@ -319,8 +338,11 @@ def due_count(conn: Connection, api: str | None = None) -> int:
     )
 
 
-def next_due(conn: Connection, within: timedelta, api: str | None = None) -> datetime | None:
-    """When the next pending / failed item falls due (or a lease expires), if within ``within``."""
+def next_due(
+    conn: Connection, within: timedelta, api: str | None = None, backfill: int | None = None
+) -> datetime | None:
+    """When the next pending / failed / re-checked item falls due (or a lease expires), if within
+    ``within`` — of one backfill's items when ``backfill`` is given."""
     value = conn.execute(
         sa.text(
             "SELECT min(CASE WHEN state = 'leased' THEN leased_until ELSE next_attempt_at END) "
@@ -328,8 +350,9 @@ def next_due(conn: Connection, within: timedelta, api: str | None = None) -> dat
             "AND (CAST(:api AS text) IS NULL OR api = :api) "
             "AND CASE WHEN state = 'leased' THEN leased_until ELSE next_attempt_at END "
             "<= now() + make_interval(secs => :within)"
+            f"{_IN_BACKFILL if backfill is not None else ''}"
         ),
-        {"api": api, "within": within.total_seconds()},
+        {"api": api, "within": within.total_seconds(), "backfill": backfill},
     ).scalar_one()
     return value if isinstance(value, datetime) else None
 
@@ -352,18 +375,6 @@ def refresh_open(
         {"final": list(final_statuses), "age": older_than_seconds, "limit": limit},
     )
     return int(result.rowcount)
-
-
-def states_of(conn: Connection, api: str, id_kind: str, keys: Sequence[str]) -> dict[str, int]:
-    """How many of ``keys`` are in each state (for a backfill's progress)."""
-    rows = conn.execute(
-        sa.text(
-            "SELECT state, count(*) FROM sync_queue WHERE api = :api AND id_kind = :kind "
-            "AND key = ANY(CAST(:keys AS text[])) GROUP BY state"
-        ),
-        {"api": api, "kind": id_kind, "keys": list(keys)},
-    ).all()
-    return {str(s): int(n) for s, n in rows}
 
 
 def by_state(

@@ -420,3 +420,40 @@ top_credential_holds = sa.Table(
     ),
     comment="credentials the platform rejected: workers stop calling and retry one call at a time",
 )
+
+
+backfills = sa.Table(
+    "backfills",
+    metadata,
+    c("id", sa.BigInteger, "backfill id", primary_key=True, autoincrement=True),
+    c("api", sa.Text, "wdk or omni", nullable=False),
+    c("id_kind", sa.Text, "the id kind of its ids", nullable=False),
+    c("fingerprint", sa.Text, "sha256 of its sorted ids: the same file resumes the same backfill"),
+    c("source", sa.Text, "the file it was read from (- for stdin)"),
+    c("ids", sa.Integer, "how many ids it holds", nullable=False),
+    c("created_at", TZ, "first run", nullable=False, server_default=sa.text("now()")),
+    c("last_run_at", TZ, "latest run", nullable=False, server_default=sa.text("now()")),
+    sa.UniqueConstraint("api", "id_kind", "fingerprint"),
+    comment="one row per `etl backfill` id file: the ids a backfill claims, resumes and counts",
+)
+
+backfill_ids = sa.Table(
+    "backfill_ids",
+    metadata,
+    c(
+        "backfill_id",
+        sa.BigInteger,
+        "backfills.id",
+        sa.ForeignKey("backfills.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    c(
+        "queue_id",
+        sa.BigInteger,
+        "sync_queue.id of one of its ids",
+        sa.ForeignKey("sync_queue.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Index(None, "queue_id"),
+    comment="the queue rows of each backfill (a queue row may belong to several)",
+)

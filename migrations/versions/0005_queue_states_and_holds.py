@@ -9,6 +9,8 @@ Create Date: 2026-11-22
   not-found answer; while re-checks remain, ``next_attempt_at`` is the next re-check.
 - ``sync_runs.heartbeat_at``: a run's last sign of life, so a killed run is visible as such.
 - ``top_credential_holds``: an app key whose credentials the platform rejected.
+- ``backfills`` / ``backfill_ids``: the ids of each ``etl backfill`` file, so a backfill claims,
+  resumes and counts its own ids only.
 - ``report_sync_freshness``: the backlog counts claimable work only, ``queue_oldest_pending`` is
   the oldest *due* time (never in the future), and not-found ids are counted apart.
 """
@@ -156,10 +158,65 @@ def upgrade() -> None:
         comment="credentials the platform rejected: workers stop calling and retry one call at "
         "a time",
     )
+    op.create_table(
+        "backfills",
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False, comment="backfill id"),
+        sa.Column("api", sa.Text(), nullable=False, comment="wdk or omni"),
+        sa.Column("id_kind", sa.Text(), nullable=False, comment="the id kind of its ids"),
+        sa.Column(
+            "fingerprint",
+            sa.Text(),
+            nullable=True,
+            comment="sha256 of its sorted ids: the same file resumes the same backfill",
+        ),
+        sa.Column(
+            "source", sa.Text(), nullable=True, comment="the file it was read from (- for stdin)"
+        ),
+        sa.Column("ids", sa.Integer(), nullable=False, comment="how many ids it holds"),
+        sa.Column(
+            "created_at", TZ, server_default=sa.text("now()"), nullable=False, comment="first run"
+        ),
+        sa.Column(
+            "last_run_at",
+            TZ,
+            server_default=sa.text("now()"),
+            nullable=False,
+            comment="latest run",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_backfills")),
+        sa.UniqueConstraint(
+            "api", "id_kind", "fingerprint", name=op.f("uq_backfills_api_id_kind_fingerprint")
+        ),
+        comment="one row per `etl backfill` id file: the ids a backfill claims, resumes and counts",
+    )
+    op.create_table(
+        "backfill_ids",
+        sa.Column("backfill_id", sa.BigInteger(), nullable=False, comment="backfills.id"),
+        sa.Column(
+            "queue_id", sa.BigInteger(), nullable=False, comment="sync_queue.id of one of its ids"
+        ),
+        sa.ForeignKeyConstraint(
+            ["backfill_id"],
+            ["backfills.id"],
+            name=op.f("fk_backfill_ids_backfill_id_backfills"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["queue_id"],
+            ["sync_queue.id"],
+            name=op.f("fk_backfill_ids_queue_id_sync_queue"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("backfill_id", "queue_id", name=op.f("pk_backfill_ids")),
+        comment="the queue rows of each backfill (a queue row may belong to several)",
+    )
+    op.create_index(op.f("ix_backfill_ids_queue_id"), "backfill_ids", ["queue_id"], unique=False)
     op.execute(f"CREATE OR REPLACE VIEW report_sync_freshness AS {FRESHNESS_0005}")
 
 
 def downgrade() -> None:
+    op.drop_table("backfill_ids")
+    op.drop_table("backfills")
     op.execute("DROP VIEW report_sync_freshness")
     op.execute(f"CREATE VIEW report_sync_freshness AS {FRESHNESS_0004}")
     op.drop_table("top_credential_holds")

@@ -296,3 +296,40 @@ def _restart(server: Any) -> None:
         bin_path=server.bin_path,
         user=server.system_user,
     )
+
+
+def test_a_backfill_works_on_its_own_file_only(
+    db_url: str, sim: SimulatorThread, tmp_path: Path
+) -> None:
+    """With 1,000 other ids queued, a backfill of 400 fetches its 400, resumes on them after a
+    kill, counts them alone — and leaves the others to `etl sync` / `etl worker`."""
+    others = _ids(1000, offset=40_000)
+    mine = _ids(400, offset=50_000)
+    env = etl_env(db_url, sim.url, top_qps=40, claim_size=20, not_found_checks=1, lanes=2)
+    _enqueue(env, others, tmp_path)
+    path = tmp_path / "mine.txt"
+    path.write_text("\n".join(mine) + "\n")
+    cmd = etl_cmd("backfill", "--file", str(path))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mine_done = (
+        "SELECT count(*) FROM sync_queue WHERE state IN ('done', 'not_found') AND key = ANY(%s)"
+    )
+    _wait_for(lambda: one(db_url, mine_done, mine) >= 100, 60)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    first = one(db_url, mine_done, mine)
+    assert 100 <= first < len(mine)
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stderr
+    finished = int(again.stdout.split(" already finished")[0].rsplit(" ", 1)[1])
+    assert finished >= first  # resumed on its own ids
+    assert one(db_url, mine_done, mine) == len(mine)
+    # the other ids were never claimed by the backfill
+    others_sql = "SELECT state, count(*) FROM sync_queue WHERE key = ANY(%s) GROUP BY 1"
+    assert dict(q(db_url, others_sql, others)) == {"pending": len(others)}
+    assert sim.counters.ids_requested < len(mine) + 200  # not 1,400
+    claimed = q(db_url, "SELECT ids_claimed FROM sync_runs WHERE status = 'ok'")
+    assert claimed == [(len(mine) - finished,)]
+    # `etl sync` still drains everything
+    assert subprocess.run(etl_cmd("sync"), env=env, timeout=300, check=False).returncode == 0
+    assert dict(q(db_url, others_sql, others)).keys() <= {"done", "not_found"}

@@ -76,6 +76,7 @@ def test_foreign_keys_cascade(db_url: str) -> None:
         "wdk_sub_orders",
         "omni_subpay_orders",
         "omni_pay_serials",
+        "backfill_ids",
     }
     assert {r[1] for r in rows} == {"c"}  # c = ON DELETE CASCADE
 
