@@ -58,17 +58,16 @@ async def run(settings: Settings, n_wdk: int, n_omni: int, fault_rate: float) ->
             click.echo(f"enqueued {len(wdk)} wdk ids and {len(omni)} omni orders; syncing...")
             outcome = await _sync(s, engine, len(wdk) + len(omni))
             _report(engine, outcome, sim)
+            _html_report(engine, s)
     finally:
         await sim.stop()
 
 
 async def _sync(settings: Settings, engine: sa.Engine, total: int) -> app.RunOutcome:
-    import asyncio
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    stop = asyncio.Event()
-    app.stop_on_signals(stop)
+    stop = app.stop_on_signals(app.Stopping(settings.shutdown_grace_seconds))
     started = time.monotonic()
     with Progress(
         "[progress.description]{task.description}",
@@ -87,6 +86,19 @@ async def _sync(settings: Settings, engine: sa.Engine, total: int) -> app.RunOut
         )
     click.echo(f"synced in {time.monotonic() - started:.1f}s")
     return outcome
+
+
+def _html_report(engine: sa.Engine, settings: Settings) -> None:
+    """Every report on one self-contained page, written where the demo keeps its data."""
+    from etl import report_html
+
+    path = settings.data_dir / "report.html"
+    with engine.begin() as conn:
+        page = report_html.render(conn, list(reports.REPORTS))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    size = len(page.encode()) // 1024 + 1
+    click.echo(f"\nthe full report ({size} KB, opens offline): {path}")
 
 
 def _rows(engine: sa.Engine, query: str) -> list[Any]:

@@ -24,11 +24,20 @@ from etl.cli.base import (
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["table", "csv", "json"]),
+    type=click.Choice(["table", "csv", "json", "html"]),
     default="table",
     show_default=True,
+    help="html: a self-contained page with a chart and the table (see -o)",
 )
 @click.option("--limit", type=int, default=None, help="at most this many rows")
+@click.option("--all", "all_", is_flag=True, help="every report on one page (--format html)")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="write to FILE instead of standard output",
+)
 @pass_state
 @handle_errors
 def report(
@@ -41,11 +50,18 @@ def report(
     store: str | None,
     fmt: str,
     limit: int | None,
+    all_: bool,
+    output: str | None,
 ) -> None:
     """Print a reporting view: daily-sales, pay-channel-mix, item-sales, omni-guides,
-    sync-freshness or data-quality (`etl report --list` describes each)."""
+    sync-freshness or data-quality (`etl report --list` describes each). `--format html -o F`
+    writes a self-contained page with a chart; `--all --format html -o F` puts every report on
+    one page."""
     from etl import app, reports
 
+    if all_ or fmt == "html":
+        _html(state, name, all_, _day(since), _day(until), store, output)
+        return
     if list_ or not name:
         for r in reports.REPORTS.values():
             click.echo(f"{r.name:<16} {r.view:<24} {r.description}")
@@ -59,7 +75,44 @@ def report(
             text = reports.render(conn, name, day_since, day_until, store, fmt, limit)
         except ValueError as exc:
             raise errors.InputError(str(exc)) from None
-    click.echo(text, nl=not text.endswith("\n"))
+    _write(text, output)
+
+
+def _write(text: str, output: str | None) -> None:
+    if output is None:
+        click.echo(text, nl=not text.endswith("\n"))
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text if text.endswith("\n") else text + "\n")
+    except OSError as exc:
+        raise errors.InputError(f"cannot write {output}: {exc}") from exc
+    click.echo(f"wrote {output} ({len(text.encode()) // 1024 + 1} KB)", err=True)
+
+
+def _html(
+    state: State,
+    name: str | None,
+    all_: bool,
+    since: Any,
+    until: Any,
+    store: str | None,
+    output: str | None,
+) -> None:
+    from etl import app, report_html, reports
+
+    if all_ and name:
+        raise errors.InputError("give a report NAME or --all, not both")
+    if not all_ and not name:
+        raise errors.InputError("give a report NAME, or --all for every report")
+    if name and name not in reports.REPORTS:
+        raise errors.InputError(f"unknown report {name!r}; one of: {', '.join(reports.REPORTS)}")
+    if since and until and since > until:
+        raise errors.InputError(f"--since {since} is after --until {until}")
+    names = list(reports.REPORTS) if all_ else [str(name)]
+    with app.database(state.settings) as engine, engine.begin() as conn:
+        text = report_html.render(conn, names, since, until, store)
+    _write(text, output)
 
 
 def _day(value: str | None) -> Any:
