@@ -43,6 +43,10 @@ DOCUMENTED = (
     t.sync_queue,
     t.sync_runs,
     t.top_bans,
+    t.tmc_hints,
+    t.tmc_latency,
+    t.tmc_topics,
+    t.tmc_unreadable,
 )
 
 

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from etl import errors, logs, metrics
 from etl.db import bans, load, queue, runs
 from etl.db import engine as db_engine
+from etl.db import tmc as tmc_db
 from etl.ids import omni_parts
 from etl.normalize.orders import InvalidOrder, NormalizedOrder, normalize_omni, normalize_wdk
 from etl.settings import Settings
@@ -423,18 +424,25 @@ class Syncer:
     ) -> None:
         """Load and ack in one transaction; retried while the database is unreachable."""
 
-        def work(conn: sa.Connection) -> tuple[load.LoadResult, int]:
+        def work(conn: sa.Connection) -> tuple[load.LoadResult, int, list[float]]:
             pg = conn.connection.driver_connection
             assert isinstance(pg, psycopg.Connection)
             result = load.load(pg, api, orders)
+            # --- TMC (issue 11): answer message hints before the ack, re-arm orders that
+            # changed while being fetched after it; see etl.db.tmc
+            s = self.settings
+            latencies, still_open = tmc_db.settle(
+                conn, api, outcomes, self.worker, s.lease_seconds, s.tmc_fetch_slack_seconds
+            )
             acked = queue.ack(conn, outcomes, self.policy, self.worker)
-            return result, acked
+            tmc_db.rearm(conn, still_open)  # --- TMC
+            return result, acked, latencies
 
         deadline = time.monotonic() + DB_RETRY_SECONDS
         delay = 0.5
         while True:
             try:
-                result, acked = await self._db(work)
+                result, acked, latencies = await self._db(work)
                 break
             except errors.DatabaseError as exc:
                 if time.monotonic() > deadline:
@@ -443,6 +451,7 @@ class Syncer:
                 log.warning("database unavailable, retrying the batch in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+        metrics.observe_freshness(latencies)  # --- TMC: message → row committed
         if acked < len(outcomes):
             log.warning(
                 "%d ids were reclaimed by another worker (lease expired)", len(outcomes) - acked

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -21,6 +21,9 @@ from etl.db import queue, runs
 from etl.pipeline import Syncer
 from etl.settings import Settings
 from etl.top.client import TopClient
+
+if TYPE_CHECKING:
+    from etl.tmc.consumer import TmcConsumer
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,9 @@ class Worker:
         self.stop = asyncio.Event()
         self._busy = asyncio.Lock()
         self.fatal: str | None = None
+        self._drain_pending = False  # --- TMC (issue 11)
+        self._background: set[asyncio.Task[None]] = set()
+        self.tmc: TmcConsumer | None = None
 
     async def drain(self) -> None:
         if self.stop.is_set():
@@ -135,10 +141,58 @@ class Worker:
             )
         scheduler.start()
         log.info("worker started", extra={"run_id": self.run_id, "poll_seconds": s.poll_seconds})
+        tmc_task = self._start_tmc()  # --- TMC (issue 11)
         try:
             await self.stop.wait()
         finally:
             scheduler.shutdown(wait=False)
+            await self._stop_tmc(tmc_task)  # --- TMC (issue 11)
             async with self._busy:  # the drain in flight finishes its batches
                 pass
             await self._to_thread(self._save_counters)
+
+    # --- TMC (issue 11): the message service consumer, a task of its own next to the scheduler.
+    # Ids it queues trigger a drain at once (not at the next poll tick).
+
+    def _start_tmc(self) -> asyncio.Task[None] | None:
+        if not self.settings.tmc_enabled:
+            return None
+        from etl.tmc.consumer import TmcConsumer
+
+        def queued() -> None:
+            if not self.stop.is_set():
+                self._drain_soon()
+
+        self.tmc = TmcConsumer(self.settings, self.engine, self.syncer.client, on_queued=queued)
+        log.info("pulling TMC group %s", self.settings.tmc_group_name)
+        return asyncio.create_task(self._run_tmc(self.tmc), name="tmc")
+
+    async def _run_tmc(self, consumer: TmcConsumer) -> None:
+        await consumer.run(self.stop)
+        if consumer.fatal:
+            self.fatal = consumer.fatal
+            self.stop.set()
+
+    def _drain_soon(self) -> None:
+        """A drain now; if one is running, one more right after it (the new ids may have
+        missed its last claim)."""
+        if self._drain_pending:
+            return
+        self._drain_pending = True
+
+        async def go() -> None:
+            try:
+                await self._guard(self.drain)()
+            finally:
+                self._drain_pending = False
+
+        task = asyncio.create_task(go())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _stop_tmc(self, task: asyncio.Task[None] | None) -> None:
+        if task is None:
+            return
+        await task  # returns once stop is set (its pull in flight commits and confirms first)
+        if self.tmc is not None:
+            self.syncer.counters.details.update(self.tmc.stats.details())

@@ -24,6 +24,7 @@ LIST_FIELDS: dict[str, str] = {
     "sub_orders": "sub_order",
     "subpay_order_list": "sub_pay_order_detail",
     "pay_order_serial_infos": "pay_order_serial_info",
+    "messages": "tmc_message",  # taobao.tmc.messages.consume
 }
 
 BAN_SECONDS = re.compile(r"ban will last for (\d+(?:\.\d+)?) more seconds", re.I)
