@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from etl.db import queue
-from etl.tmc.messages import Batch
+from etl.tmc.messages import TOPICS, Batch
 
 RETAIN_LATENCY_DAYS = 7  # tmc_latency rows older than this are pruned
 
@@ -92,7 +92,11 @@ def _queue_hints(
 
 
 def _count_topics(conn: Connection, batch: Batch) -> None:
-    rows = [(t, True, n) for t, n in batch.handled.items()]
+    counts = dict(batch.handled)
+    for u in batch.unreadable:  # an unreadable message of a handled topic counts there too
+        if u.topic in TOPICS:
+            counts[u.topic] = counts.get(u.topic, 0) + 1
+    rows = [(t, True, n) for t, n in counts.items()]
     rows += [(t, False, n) for t, n in batch.unhandled.items()]
     if not rows:
         return

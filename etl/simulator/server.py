@@ -27,7 +27,7 @@ from etl import chinatime
 from etl.settings import DEMO_APP_KEY, DEMO_APP_SECRET, DEMO_SESSION
 from etl.simulator import data
 from etl.simulator.tmc import CONFIRM_METHOD, CONSUME_METHOD, TmcConfig, TmcError, TmcStream
-from etl.top import signing
+from etl.top import envelope, signing
 from etl.top.apis import ID_KINDS, OMNI_METHOD, WDK_METHOD
 
 FAULT_KINDS = ("http_502", "remote_timeout", "truncated", "control_chars", "slow")
@@ -230,7 +230,7 @@ class Simulator:
         body_obj = (
             payload
             if simplify
-            else {method.replace(".", "_") + "_response": data.wrap_lists(payload)}
+            else {envelope.response_key(method): data.wrap_lists(payload)}
         )
         body = orjson.dumps(body_obj)
         if self._fault("control_chars", step):
