@@ -29,6 +29,7 @@ def status(state: State, /, n_runs: int) -> None:
     import sqlalchemy as sa
 
     from etl import app
+    from etl.cli.tmc import status_lines as tmc_status_lines
     from etl.db import bans, queue
     from etl.db.tables import sync_runs
 
@@ -41,6 +42,7 @@ def status(state: State, /, n_runs: int) -> None:
             .all()
         )
         dead = queue.dead(conn, limit=10)
+        tmc_lines = tmc_status_lines(conn)  # --- TMC (issue 11)
     _table(
         "queue",
         ["api", "state", "ids", "due now", "oldest next attempt"],
@@ -110,6 +112,11 @@ def status(state: State, /, n_runs: int) -> None:
                 for d in dead
             ],
         )
+
+    # --- TMC (issue 11): the message service's freshness, topics and unreadable messages
+    click.echo("")
+    for line in tmc_lines:
+        click.echo(line)
 
 
 @main.group()

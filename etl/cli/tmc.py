@@ -101,3 +101,32 @@ def unreadable(state: State, /, limit: int) -> None:
             f"{r['received_at'].isoformat()}\t{r['message_id']}\t{r['topic']}\t{r['reason']}\t"
             f"{(r['content'] or '')[:200]!r}"
         )
+
+
+def status_lines(conn: Any) -> list[str]:
+    """The message service's lines of `etl status`: freshness, topics, unreadable messages."""
+    from etl.db import tmc as tmc_db
+
+    topics = tmc_db.topics(conn)
+    fresh = tmc_db.freshness(conn)
+    bad = tmc_db.unreadable_count(conn)
+    if not topics and not fresh and not bad:
+        return ["TMC: no messages pulled yet"]
+    lines = []
+    for f in fresh:
+        n = f["orders_waiting"]
+        waiting = f"; {n} orders waiting for a fetch" if n else ""
+        if f["orders_loaded"]:
+            lines.append(
+                f"TMC freshness ({f['api']}, last hour, pub_time → row): p50 {f['p50_seconds']}s, "
+                f"p95 {f['p95_seconds']}s, max {f['max_seconds']}s over "
+                f"{f['orders_loaded']} orders{waiting}"
+            )
+        else:
+            lines.append(f"TMC freshness ({f['api']}): no order loaded in the last hour{waiting}")
+    for t in topics:
+        what = "queued" if t["handled"] else "not handled: confirmed, never fetched"
+        lines.append(f"TMC topic {t['topic']}: {t['messages']} messages ({what})")
+    if bad:
+        lines.append(f"TMC unreadable messages: {bad} (kept and confirmed; etl tmc unreadable)")
+    return lines

@@ -228,9 +228,7 @@ class Simulator:
         self.counters.by_method[method] += 1
         payload["request_id"] = self._request_id()
         body_obj = (
-            payload
-            if simplify
-            else {envelope.response_key(method): data.wrap_lists(payload)}
+            payload if simplify else {envelope.response_key(method): data.wrap_lists(payload)}
         )
         body = orjson.dumps(body_obj)
         if self._fault("control_chars", step):
