@@ -273,13 +273,21 @@ def replay(state: State, /, since: str | None, api: str) -> None:
     type=float,
     help="transient faults the simulator injects",
 )
+@click.option(
+    "--live-seconds",
+    default=15.0,
+    show_default=True,
+    type=float,
+    help="after the load, orders arrive and change through the message service (0 = skip)",
+)
 @pass_state
 @handle_errors
-def demo(state: State, /, n_wdk: int, n_omni: int, fault_rate: float) -> None:
+def demo(state: State, /, n_wdk: int, n_omni: int, fault_rate: float, live_seconds: float) -> None:
     """One command on a fresh machine: the embedded Postgres (unless ETL_DATABASE_URL is set), an
-    in-process TOP simulator, migrate, enqueue, sync with progress, and a short report."""
+    in-process TOP simulator, migrate, enqueue, sync with progress, a short report, then orders
+    arriving and updating live through the message service (TMC)."""
     import asyncio
 
     from etl import demo as demo_mod
 
-    asyncio.run(demo_mod.run(state.settings, n_wdk, n_omni, fault_rate))
+    asyncio.run(demo_mod.run(state.settings, n_wdk, n_omni, fault_rate, live_seconds))
