@@ -194,5 +194,6 @@ class Worker:
         if task is None:
             return
         await task  # returns once stop is set (its pull in flight commits and confirms first)
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self.tmc is not None:
             self.syncer.counters.details.update(self.tmc.stats.details())

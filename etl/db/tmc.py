@@ -34,7 +34,8 @@ def record(conn: Connection, batch: Batch, slack_seconds: float) -> Recorded:
     by_kind: dict[tuple[str, str], list[tuple[str, Any, Any]]] = {}
     for (api, id_kind, key), (first, last) in batch.hints.items():
         by_kind.setdefault((api, id_kind), []).append((key, first, last))
-    for (api, id_kind), hints in by_kind.items():
+    for (api, id_kind), hints in sorted(by_kind.items()):
+        hints.sort()  # rows are locked in key order, as settle() does: no deadlock
         fresh, queued = _queue_hints(conn, api, id_kind, hints, slack_seconds)
         out.orders += len(hints)
         out.queued += queued
@@ -51,44 +52,57 @@ def _queue_hints(
     hints: Sequence[tuple[str, Any, Any]],
     slack_seconds: float,
 ) -> tuple[int, int]:
-    """(hints the stored payload does not answer yet, queue rows added or re-armed)."""
-    row = conn.execute(
+    """(hints the stored payload does not answer yet, queue rows added or re-armed).
+
+    Two statements, hints first: locks are taken hints then queue rows, each in key order, as
+    :func:`settle` does (the sub-statements of one WITH run in no defined order)."""
+    fresh = (
+        conn.execute(
+            sa.text(
+                "WITH h AS (SELECT * FROM unnest(CAST(:keys AS text[]), "
+                "  CAST(:firsts AS timestamptz[]), CAST(:lasts AS timestamptz[])) AS h(key, f, l)), "
+                # a message older than the stored payload (by the slack) asks for nothing
+                "fresh AS (SELECT h.* FROM h LEFT JOIN wdk_orders o ON :api = 'wdk' "
+                "  AND :kind = 'biz' AND o.biz_order_id = CAST(h.key AS bigint) "
+                "  WHERE o.fetched_at IS NULL "
+                "  OR o.fetched_at < h.l + make_interval(secs => :slack)) "
+                "INSERT INTO tmc_hints AS t (api, id_kind, key, first_pub_time, last_pub_time) "
+                "SELECT :api, :kind, key, f, l FROM fresh ORDER BY key "
+                "ON CONFLICT (api, id_kind, key) DO UPDATE SET "
+                "first_pub_time = least(t.first_pub_time, EXCLUDED.first_pub_time), "
+                "last_pub_time = greatest(t.last_pub_time, EXCLUDED.last_pub_time), "
+                "messages = t.messages + 1, received_at = now() RETURNING t.key"
+            ),
+            {
+                "keys": [h[0] for h in hints],
+                "firsts": [h[1] for h in hints],
+                "lasts": [h[2] for h in hints],
+                "api": api,
+                "kind": id_kind,
+                "slack": slack_seconds,
+            },
+        )
+        .scalars()
+        .all()
+    )
+    if not fresh:
+        return 0, 0
+    # finished rows are re-armed; waiting ones fall due now; leased ones are left to rearm()
+    # (the fetch in flight may predate the message)
+    queued = conn.execute(
         sa.text(
-            "WITH h AS (SELECT * FROM unnest(CAST(:keys AS text[]), "
-            "  CAST(:firsts AS timestamptz[]), CAST(:lasts AS timestamptz[])) AS h(key, f, l)), "
-            # a message older than the stored payload (by the slack) asks for nothing
-            "fresh AS (SELECT h.* FROM h LEFT JOIN wdk_orders o ON :api = 'wdk' "
-            "  AND :kind = 'biz' AND o.biz_order_id = CAST(h.key AS bigint) "
-            "  WHERE o.fetched_at IS NULL "
-            "  OR o.fetched_at < h.l + make_interval(secs => :slack)), "
-            "hint AS (INSERT INTO tmc_hints AS t (api, id_kind, key, first_pub_time, "
-            "  last_pub_time) SELECT :api, :kind, key, f, l FROM fresh "
-            "  ON CONFLICT (api, id_kind, key) DO UPDATE SET "
-            "  first_pub_time = least(t.first_pub_time, EXCLUDED.first_pub_time), "
-            "  last_pub_time = greatest(t.last_pub_time, EXCLUDED.last_pub_time), "
-            "  messages = t.messages + 1, received_at = now() RETURNING 1), "
-            # finished rows are re-armed; waiting ones fall due now; leased ones are left to
-            # rearm() (the fetch in flight may predate the message)
-            "q AS (INSERT INTO sync_queue AS s (api, id_kind, key) "
-            "  SELECT :api, :kind, key FROM fresh ON CONFLICT (api, id_kind, key) DO UPDATE SET "
-            "  state = CASE WHEN s.state = 'failed' THEN 'failed' ELSE 'pending' END, "
-            "  attempts = CASE WHEN s.state IN ('failed', 'pending') THEN s.attempts ELSE 0 END, "
-            "  not_found_checks = 0, next_attempt_at = now(), updated_at = now(), "
-            "  done_at = NULL WHERE s.state IN ('done', 'not_found', 'dead') "
-            "  OR (s.state IN ('pending', 'failed') AND s.next_attempt_at > now()) RETURNING 1) "
-            "SELECT (SELECT count(*) FROM fresh), (SELECT count(*) FROM q), "
-            "(SELECT count(*) FROM hint)"
+            "INSERT INTO sync_queue AS s (api, id_kind, key) "
+            "SELECT :api, :kind, k FROM unnest(CAST(:keys AS text[])) AS k ORDER BY k "
+            "ON CONFLICT (api, id_kind, key) DO UPDATE SET "
+            "state = CASE WHEN s.state = 'failed' THEN 'failed' ELSE 'pending' END, "
+            "attempts = CASE WHEN s.state IN ('failed', 'pending') THEN s.attempts ELSE 0 END, "
+            "not_found_checks = 0, next_attempt_at = now(), updated_at = now(), done_at = NULL "
+            "WHERE s.state IN ('done', 'not_found', 'dead') "
+            "OR (s.state IN ('pending', 'failed') AND s.next_attempt_at > now())"
         ),
-        {
-            "keys": [h[0] for h in hints],
-            "firsts": [h[1] for h in hints],
-            "lasts": [h[2] for h in hints],
-            "api": api,
-            "kind": id_kind,
-            "slack": slack_seconds,
-        },
-    ).one()
-    return int(row[0]), int(row[1])
+        {"keys": sorted(str(k) for k in fresh), "api": api, "kind": id_kind},
+    )
+    return len(fresh), int(queued.rowcount)
 
 
 def _count_topics(conn: Connection, batch: Batch) -> None:
@@ -157,7 +171,7 @@ def settle(
     message was pulled, or the stored payload was fetched ``slack_seconds`` after its newest
     pub_time; answered hints become tmc_latency rows. Returns (the latencies in seconds, the
     keys whose hints are still open, for :func:`rearm`)."""
-    keys = _hinted_keys(api, outcomes)
+    keys = sorted(_hinted_keys(api, outcomes))
     if not keys:
         return [], []
     rows = conn.execute(
@@ -169,7 +183,7 @@ def settle(
             "  AND q.key = h.key AND q.state = 'leased' AND q.leased_by = :worker "
             "  JOIN wdk_orders o ON o.biz_order_id = CAST(h.key AS bigint) "
             "  WHERE h.api = 'wdk' AND h.id_kind = 'biz' AND h.key = ANY(CAST(:keys AS text[])) "
-            "  FOR UPDATE OF h), "
+            "  ORDER BY h.key FOR UPDATE OF h), "
             "gone AS (DELETE FROM tmc_hints t USING hs WHERE t.api = 'wdk' "
             "  AND t.id_kind = 'biz' AND t.key = hs.key AND hs.answered "
             "  RETURNING t.key, t.first_pub_time), "
@@ -181,6 +195,15 @@ def settle(
         ),
         {"keys": keys, "worker": worker, "lease": lease_seconds, "slack": slack_seconds},
     ).all()
+    # Lock this batch's queue rows now, in key order: a concurrent record() locks hints, then
+    # queue rows, both in key order; the ack alone would lock them in id order and deadlock.
+    conn.execute(
+        sa.text(
+            "SELECT 1 FROM sync_queue WHERE api = 'wdk' AND id_kind = 'biz' "
+            "AND key = ANY(CAST(:keys AS text[])) ORDER BY key FOR UPDATE"
+        ),
+        {"keys": keys},
+    )
     latencies = [float(r[1]) for r in rows if r[0] is None]
     still_open = [str(r[0]) for r in rows if r[0] is not None]
     return latencies, still_open

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 ERROR_PAUSE_MAX = 60.0  # longest wait after failing calls, seconds
 PRUNE_EVERY = 3600.0  # seconds between prunes of old latency rows
+RECORD_ATTEMPTS = 5  # tries of a batch's queueing transaction that met a deadlock
 
 
 @dataclass
@@ -148,8 +149,20 @@ class TmcConsumer:
         return len(raws)
 
     def _record(self, batch: messages.Batch) -> tmc_db.Recorded:
-        with self.engine.begin() as conn:
-            return tmc_db.record(conn, batch, self.settings.tmc_fetch_slack_seconds)
+        for attempt in range(1, RECORD_ATTEMPTS + 1):
+            try:
+                with self.engine.begin() as conn:
+                    return tmc_db.record(conn, batch, self.settings.tmc_fetch_slack_seconds)
+            except sa.exc.OperationalError as exc:
+                transient = isinstance(
+                    exc.orig, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure
+                )
+                if not transient or attempt == RECORD_ATTEMPTS:
+                    raise
+                log.info(
+                    "TMC: queueing met a concurrent load (%s); again", exc.orig.__class__.__name__
+                )
+        raise AssertionError("unreachable")
 
     def _count(self, batch: messages.Batch, recorded: tmc_db.Recorded) -> None:
         st = self.stats
@@ -165,7 +178,9 @@ class TmcConsumer:
         for u in batch.unreadable:
             metrics.TMC_MESSAGES.labels(u.topic or "", "unreadable").inc()
         if batch.unreadable:
-            log.warning(
+            # the first one is worth a warning; after that, `etl status` counts them
+            first = st.unreadable == len(batch.unreadable)
+            (log.warning if first else log.info)(
                 "TMC: %d unreadable message(s) kept in tmc_unreadable and confirmed: %s",
                 len(batch.unreadable),
                 batch.unreadable[0].reason,
