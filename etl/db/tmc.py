@@ -59,8 +59,8 @@ def _queue_hints(
     fresh = (
         conn.execute(
             sa.text(
-                "WITH h AS (SELECT * FROM unnest(CAST(:keys AS text[]), "
-                "  CAST(:firsts AS timestamptz[]), CAST(:lasts AS timestamptz[])) AS h(key, f, l)), "
+                "WITH h AS (SELECT * FROM unnest(CAST(:keys AS text[]), CAST(:firsts AS "
+                "  timestamptz[]), CAST(:lasts AS timestamptz[])) AS h(key, f, l)), "
                 # a message older than the stored payload (by the slack) asks for nothing
                 "fresh AS (SELECT h.* FROM h LEFT JOIN wdk_orders o ON :api = 'wdk' "
                 "  AND :kind = 'biz' AND o.biz_order_id = CAST(h.key AS bigint) "
