@@ -136,3 +136,16 @@ def test_consume_and_confirm_requests() -> None:
         apis.tmc_confirm_request("g1", list(range(1, 202)))
     assert apis.tmc_messages({}) == []
     assert apis.tmc_messages({"messages": {}}) == []
+
+
+def test_the_message_module_imports_no_io_library() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, etl.tmc.messages; "
+        "bad = [m for m in ('aiohttp', 'sqlalchemy', 'psycopg') if m in sys.modules]; "
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
