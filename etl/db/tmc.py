@@ -31,9 +31,9 @@ def record(conn: Connection, batch: Batch, slack_seconds: float) -> Recorded:
     """Queue the orders ``batch`` names (one row per order), count its topics and keep its
     unreadable messages. Runs in the caller's transaction; confirm only after it commits."""
     out = Recorded()
-    by_kind: dict[tuple[str, str], list[tuple[str, Any, Any]]] = {}
-    for (api, id_kind, key), (first, last) in batch.hints.items():
-        by_kind.setdefault((api, id_kind), []).append((key, first, last))
+    by_kind: dict[tuple[str, str], list[tuple[str, Any, Any, int]]] = {}
+    for (api, id_kind, key), (first, last, n) in batch.hints.items():
+        by_kind.setdefault((api, id_kind), []).append((key, first, last, n))
     for (api, id_kind), hints in sorted(by_kind.items()):
         hints.sort()  # rows are locked in key order, as settle() does: no deadlock
         fresh, queued = _queue_hints(conn, api, id_kind, hints, slack_seconds)
@@ -49,7 +49,7 @@ def _queue_hints(
     conn: Connection,
     api: str,
     id_kind: str,
-    hints: Sequence[tuple[str, Any, Any]],
+    hints: Sequence[tuple[str, Any, Any, int]],
     slack_seconds: float,
 ) -> tuple[int, int]:
     """(hints the stored payload does not answer yet, queue rows added or re-armed).
@@ -60,23 +60,26 @@ def _queue_hints(
         conn.execute(
             sa.text(
                 "WITH h AS (SELECT * FROM unnest(CAST(:keys AS text[]), CAST(:firsts AS "
-                "  timestamptz[]), CAST(:lasts AS timestamptz[])) AS h(key, f, l)), "
+                "  timestamptz[]), CAST(:lasts AS timestamptz[]), CAST(:counts AS int[])) "
+                "  AS h(key, f, l, n)), "
                 # a message older than the stored payload (by the slack) asks for nothing
                 "fresh AS (SELECT h.* FROM h LEFT JOIN wdk_orders o ON :api = 'wdk' "
                 "  AND :kind = 'biz' AND o.biz_order_id = CAST(h.key AS bigint) "
                 "  WHERE o.fetched_at IS NULL "
                 "  OR o.fetched_at < h.l + make_interval(secs => :slack)) "
-                "INSERT INTO tmc_hints AS t (api, id_kind, key, first_pub_time, last_pub_time) "
-                "SELECT :api, :kind, key, f, l FROM fresh ORDER BY key "
+                "INSERT INTO tmc_hints AS t (api, id_kind, key, first_pub_time, last_pub_time, "
+                "messages) "
+                "SELECT :api, :kind, key, f, l, n FROM fresh ORDER BY key "
                 "ON CONFLICT (api, id_kind, key) DO UPDATE SET "
                 "first_pub_time = least(t.first_pub_time, EXCLUDED.first_pub_time), "
                 "last_pub_time = greatest(t.last_pub_time, EXCLUDED.last_pub_time), "
-                "messages = t.messages + 1, received_at = now() RETURNING t.key"
+                "messages = t.messages + EXCLUDED.messages, received_at = now() RETURNING t.key"
             ),
             {
                 "keys": [h[0] for h in hints],
                 "firsts": [h[1] for h in hints],
                 "lasts": [h[2] for h in hints],
+                "counts": [h[3] for h in hints],
                 "api": api,
                 "kind": id_kind,
                 "slack": slack_seconds,

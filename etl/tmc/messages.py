@@ -158,7 +158,8 @@ class Batch:
     order → one entry, with its first and last pub_time), messages per topic, unreadable
     messages, and every message id to confirm once the batch is queued."""
 
-    hints: dict[tuple[str, str, str], tuple[datetime, datetime]] = field(default_factory=dict)
+    # (api, id_kind, key) -> (first pub_time, last pub_time, messages)
+    hints: dict[tuple[str, str, str], tuple[datetime, datetime, int]] = field(default_factory=dict)
     handled: dict[str, int] = field(default_factory=dict)  # topic -> messages queued
     unhandled: dict[str, int] = field(default_factory=dict)  # topic -> messages only counted
     unreadable: list[Unreadable] = field(default_factory=list)
@@ -179,8 +180,8 @@ def sort_out(raws: Iterable[Mapping[str, Any]], topics: Mapping[str, Topic] = TO
             batch.confirm.append(mid)
         if isinstance(parsed, Hint):
             where = (parsed.api, parsed.id_kind, parsed.key)
-            first, last = batch.hints.get(where, (parsed.pub_time, parsed.pub_time))
-            batch.hints[where] = (min(first, parsed.pub_time), max(last, parsed.pub_time))
+            first, last, n = batch.hints.get(where, (parsed.pub_time, parsed.pub_time, 0))
+            batch.hints[where] = (min(first, parsed.pub_time), max(last, parsed.pub_time), n + 1)
             batch.handled[parsed.topic] = batch.handled.get(parsed.topic, 0) + 1
         elif isinstance(parsed, Unhandled):
             batch.unhandled[parsed.topic] = batch.unhandled.get(parsed.topic, 0) + 1

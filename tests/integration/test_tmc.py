@@ -112,6 +112,8 @@ async def test_pull_queues_exact_ids_counts_topics_keeps_unreadable_and_confirms
         (STATUS, True, 5),
         ("taobao_item_ItemStockChanged", False, 2),
     ]
+    hinted = rows(engine, "SELECT messages FROM tmc_hints WHERE key = :k", k=str(BIZ))
+    assert hinted == [(3,)]
     unreadable = rows(engine, "SELECT message_id, topic, content, reason FROM tmc_unreadable")
     assert unreadable == [(bad, STATUS, '{"biz_order_id": 50003', unreadable[0][3])]
     assert "not JSON" in unreadable[0][3]

@@ -109,10 +109,10 @@ def test_sort_out_merges_one_order_and_confirms_every_message_once() -> None:
     assert batch.messages == 7
     assert batch.confirm == [1, 2, 3, 4, 5, 6]
     assert set(batch.hints) == {("wdk", "biz", "7"), ("wdk", "biz", "8")}
-    first, last = batch.hints[("wdk", "biz", "7")]
-    assert (first, last) == (
+    assert batch.hints[("wdk", "biz", "7")] == (
         chinatime.parse("2026-11-22 10:00:05"),
         chinatime.parse("2026-11-22 10:00:09"),
+        3,
     )
     assert batch.unhandled == {"taobao_item_ItemStockChanged": 2}
     assert [u.message_id for u in batch.unreadable] == [6]
