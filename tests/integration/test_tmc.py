@@ -125,6 +125,12 @@ async def test_pull_queues_exact_ids_counts_topics_keeps_unreadable_and_confirms
     assert sim.counters.by_method["alibaba.wdk.order.get"] == 0  # nothing fetched by a pull
 
 
+def _freshness_count() -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("etl_tmc_freshness_seconds_count") or 0.0
+
+
 async def _load(s: Any, engine: Engine, client: TopClient) -> Syncer:
     with engine.begin() as conn:
         run_id = int(
@@ -159,10 +165,12 @@ async def test_done_order_is_rearmed_unless_the_stored_fetch_is_newer(
         states = dict(rows(engine, "SELECT key, state FROM sync_queue"))
         assert states == {keys[0]: "done", keys[1]: "pending", keys[2]: "done"}
         calls = sim.counters.by_method["alibaba.wdk.order.get"]
+        observed = _freshness_count()
         await _load(s, engine, client)
         assert sim.counters.by_method["alibaba.wdk.order.get"] == calls + 1
     assert sim.tmc.unconfirmed() == 0
-    # the hint was answered by the load: one latency row, no open hint
+    # the hint was answered by the load: one latency row, one histogram observation, no hint
+    assert _freshness_count() == observed + 1
     assert rows(engine, "SELECT key FROM tmc_latency") == [(keys[1],)]
     assert rows(engine, "SELECT count(*) FROM tmc_hints") == [(0,)]
     report = rows(engine, "SELECT api, orders_loaded, p50_seconds FROM report_tmc_freshness")
