@@ -149,3 +149,17 @@ def test_the_message_module_imports_no_io_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("TMC_QUANTITY", "5"), ("TMC_QUANTITY", "201"), ("TMC_IDLE_SECONDS", "0.05")],
+)
+def test_tmc_settings_are_bounded_and_named(name: str, value: str) -> None:
+    from etl import errors
+    from etl.settings import load_settings
+
+    with pytest.raises(errors.ConfigError, match=f"ETL_{name}='{value}'"):
+        load_settings(env={"ETL_CONFIG": "", f"ETL_{name}": value})
+    s = load_settings(env={"ETL_CONFIG": "", "ETL_TMC_QUANTITY": "200"})
+    assert s.tmc_quantity == 200
