@@ -20,9 +20,12 @@ from etl.ids import omni_parts
 from etl.settings import Settings
 from etl.simulator import data
 from etl.simulator.server import FAULT_KINDS, Simulator, SimulatorConfig
+from etl.simulator.tmc import TmcConfig
+from etl.tmc import live
 
 DEMO_GUIDE = "3031798632"
 DEMO_REPORT_DAYS = 3
+LIVE_NEW_ORDERS = 200  # orders that first appear through the message service
 
 
 def demo_keys(n_wdk: int, n_omni: int) -> tuple[list[str], list[str]]:
@@ -31,7 +34,9 @@ def demo_keys(n_wdk: int, n_omni: int) -> tuple[list[str], list[str]]:
     return wdk, omni
 
 
-async def run(settings: Settings, n_wdk: int, n_omni: int, fault_rate: float) -> None:
+async def run(
+    settings: Settings, n_wdk: int, n_omni: int, fault_rate: float, live_seconds: float = 0.0
+) -> None:
     transient = [k for k in FAULT_KINDS if k != "slow"]
     sim = Simulator(
         SimulatorConfig(
@@ -42,6 +47,8 @@ async def run(settings: Settings, n_wdk: int, n_omni: int, fault_rate: float) ->
             latency_ms=30,
             jitter_ms=30,
             faults={k: fault_rate / len(transient) for k in transient},
+            # the live part: the demo's orders and LIVE_NEW_ORDERS more change and arrive
+            tmc=TmcConfig(orders=n_wdk + LIVE_NEW_ORDERS, redelivery_seconds=5.0),
         )
     )
     url = await sim.start()
@@ -58,6 +65,8 @@ async def run(settings: Settings, n_wdk: int, n_omni: int, fault_rate: float) ->
             click.echo(f"enqueued {len(wdk)} wdk ids and {len(omni)} omni orders; syncing...")
             outcome = await _sync(s, engine, len(wdk) + len(omni))
             _report(engine, outcome, sim)
+            if live_seconds > 0:
+                await live.run(s, engine, sim, live_seconds)
             _html_report(engine, s)
     finally:
         await sim.stop()

@@ -46,6 +46,10 @@ DOCUMENTED = (
     t.top_credential_holds,
     t.backfills,
     t.backfill_ids,
+    t.tmc_hints,
+    t.tmc_latency,
+    t.tmc_topics,
+    t.tmc_unreadable,
 )
 
 

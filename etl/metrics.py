@@ -20,3 +20,21 @@ BATCH_SECONDS = Histogram(
 
 def serve(port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from outside
     start_http_server(port, addr=host)
+
+
+# --- the platform's message service (TMC)
+TMC_MESSAGES = Counter(
+    "etl_tmc_messages_total",
+    "TMC messages pulled, by topic and what was done (queued, unhandled, unreadable)",
+    ["topic", "outcome"],
+)
+TMC_FRESHNESS = Histogram(
+    "etl_tmc_freshness_seconds",
+    "From a TMC message's pub_time to the order's row committed (pub_time has 1 s resolution)",
+    buckets=(0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 900, 3600),
+)
+
+
+def observe_freshness(latencies: list[float]) -> None:
+    for seconds in latencies:
+        TMC_FRESHNESS.observe(seconds)

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from etl import errors, logs, metrics
 from etl.db import bans, holds, load, queue, runs
 from etl.db import engine as db_engine
+from etl.db import tmc as tmc_db
 from etl.ids import omni_parts
 from etl.normalize.orders import InvalidOrder, NormalizedOrder, normalize_omni, normalize_wdk
 from etl.settings import Settings
@@ -478,21 +479,28 @@ class Syncer:
         self._sync_client_stats()
         unsaved, self._unsaved = self._unsaved, runs.RunCounters()
 
-        def work(conn: sa.Connection) -> tuple[load.LoadResult, int]:
+        def work(conn: sa.Connection) -> tuple[load.LoadResult, int, list[float]]:
             pg = conn.connection.driver_connection
             assert isinstance(pg, psycopg.Connection)
             result = load.load(pg, api, orders)
+            # --- TMC (issue 11): answer message hints before the ack, re-arm orders that
+            # changed while being fetched after it; see etl.db.tmc
+            s = self.settings
+            latencies, still_open = tmc_db.settle(
+                conn, api, outcomes, self.worker, s.lease_seconds, s.tmc_fetch_slack_seconds
+            )
             acked = queue.ack(conn, outcomes, self.policy, self.worker)
+            tmc_db.rearm(conn, still_open)  # --- TMC
             delta = self._delta(result, outcomes)
             delta.add(unsaved)
             runs.increment(conn, self.run_id, delta)
-            return result, acked
+            return result, acked, latencies
 
         deadline = time.monotonic() + DB_RETRY_SECONDS
         delay = 0.5
         while True:
             try:
-                result, acked = await self._db(work)
+                result, acked, latencies = await self._db(work)
                 break
             except errors.DatabaseError as exc:
                 if time.monotonic() > deadline:
@@ -502,6 +510,7 @@ class Syncer:
                 log.debug("database unavailable, retrying the batch in %.1fs", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+        metrics.observe_freshness(latencies)  # --- TMC: message → row committed
         if acked < len(outcomes):
             log.warning(
                 "%d ids were reclaimed by another worker (lease expired)", len(outcomes) - acked

@@ -169,6 +169,23 @@ def sync_freshness(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, int
     return [chart], {"orders": sum(int(r["orders"]) for r in rows)}
 
 
+def tmc_freshness(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, int | float]]:
+    labels, values, notes = [], [], []
+    for r in rows:
+        for q in ("p50", "p95"):
+            labels.append(f"{r['api']} {q}")
+            values.append(float(r[f"{q}_seconds"] or 0))
+            notes.append(f"{r['orders_loaded']} orders, {r['orders_waiting']} waiting")
+    chart = bars(
+        labels or ["no message in the last hour"],
+        values or [0.0],
+        unit="s",
+        notes=notes,
+        label="message → row committed, last hour (TMC)",
+    )
+    return [chart], {"orders_loaded": sum(int(r["orders_loaded"] or 0) for r in rows)}
+
+
 def data_quality(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, int | float]]:
     kinds: dict[str, int] = defaultdict(int)
     for r in rows:
@@ -190,6 +207,7 @@ CHARTS: dict[str, Callable[[list[dict[str, Any]]], tuple[list[str], dict[str, in
     "item-sales": item_sales,
     "omni-guides": omni_guides,
     "sync-freshness": sync_freshness,
+    "tmc-freshness": tmc_freshness,
     "data-quality": data_quality,
 }
 

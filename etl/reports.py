@@ -71,6 +71,14 @@ REPORTS = {
             "api, store_id",
         ),
         Report(
+            "report_tmc_freshness",
+            "message service (TMC): p50 / p95 / max seconds from a message's pub_time to the "
+            "order's row committed over the last hour; orders still waiting for a fetch",
+            None,
+            None,
+            "api",
+        ),
+        Report(
             "report_data_quality",
             "orders whose pay channels do not add up to pay_amt, sub-orders that do not add up "
             "to original_amt, unparseable JSON blobs, unknown fields",

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -29,6 +29,9 @@ from etl.pipeline import Syncer
 from etl.settings import Settings
 from etl.top import apis
 from etl.top.client import TopClient
+
+if TYPE_CHECKING:
+    from etl.tmc.consumer import TmcConsumer
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,7 @@ class Worker:
         self._probe_now = True  # at start-up a standing hold is tried at once (config renewed?)
         self._last_work = time.monotonic()
         self._last_idle_log = time.monotonic()
+        self.tmc: TmcConsumer | None = None  # --- TMC (issue 11)
 
     # ------------------------------------------------------------------------------ draining
 
@@ -260,11 +264,14 @@ class Worker:
         drains = asyncio.create_task(self._drain_loop())
         scheduler.start()
         log.info("worker started", extra={"run_id": self.run_id, "poll_seconds": s.poll_seconds})
+        tmc_task = self._start_tmc()  # --- TMC (issue 11)
         try:
             await self.stop.wait()
         finally:
             scheduler.shutdown(wait=False)  # no new job; the drain task is not the scheduler's
-            finished, _ = await until_done_or_aborted(drains, self.stopping.abort)
+            finished, _ = await until_done_or_aborted(
+                asyncio.gather(drains, self._stop_tmc(tmc_task)), self.stopping.abort
+            )
             if not finished:
                 await asyncio.to_thread(release_leases, self.engine, self.syncer.worker)
             await self._to_thread(self._save_counters)
@@ -272,3 +279,30 @@ class Worker:
     def _save_counters(self) -> None:
         with self.engine.begin() as conn:
             runs.update(conn, self.run_id, self.syncer.counters)
+
+    # --- TMC (issue 11): the message service consumer, a task of its own next to the scheduler.
+    # Ids it queues wake the drain loop at once (not at the next poll tick).
+
+    def _start_tmc(self) -> asyncio.Task[None] | None:
+        if not self.settings.tmc_enabled:
+            return None
+        from etl.tmc.consumer import TmcConsumer
+
+        self.tmc = TmcConsumer(
+            self.settings, self.engine, self.syncer.client, on_queued=self.wake.set
+        )
+        log.info("pulling TMC group %s", self.settings.tmc_group_name)
+        return asyncio.create_task(self._run_tmc(self.tmc), name="tmc")
+
+    async def _run_tmc(self, consumer: TmcConsumer) -> None:
+        await consumer.run(self.stop)
+        if consumer.fatal:
+            self.fatal = consumer.fatal
+            self.stop.set()
+
+    async def _stop_tmc(self, task: asyncio.Task[None] | None) -> None:
+        if task is None:
+            return
+        await task  # returns once stop is set (its pull in flight commits and confirms first)
+        if self.tmc is not None:
+            self.syncer.counters.details.update(self.tmc.stats.details())

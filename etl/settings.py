@@ -126,6 +126,25 @@ class Settings(BaseModel):
         description="wdk order_status values that are final (comma-separated)",
     )
 
+    # --- the platform's message service (TMC)
+    tmc_enabled: bool = Field(
+        False, description="worker: pull the message service continuously (etl tmc pull)"
+    )
+    tmc_group_name: str = Field(
+        "default", min_length=1, max_length=64, description="TMC group (用户分组) to consume"
+    )
+    tmc_quantity: int = Field(100, ge=10, le=200, description="TMC messages per consume call")
+    tmc_idle_seconds: float = Field(
+        1.0, ge=0.1, le=3600, description="wait after a consume call that returned nothing"
+    )
+    tmc_fetch_slack_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="a stored order counts as newer than a message only when fetched this long "
+        "after its pub_time (pub_time has 1 s resolution; clocks differ)",
+    )
+
     # --- logging
     log_format: LogFormat = Field("text", description="text or json (one object per line)")
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")

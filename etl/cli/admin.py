@@ -108,6 +108,42 @@ def _parse_faults(pairs: tuple[str, ...], spread: float | None) -> dict[str, flo
 @click.option(
     "--epoch", default=0, show_default=True, type=int, help="bump to make a share of orders change"
 )
+@click.option(
+    "--tmc-rate",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="message service: order changes published per second (0 = none)",
+)
+@click.option(
+    "--tmc-orders",
+    default=1000,
+    show_default=True,
+    type=int,
+    help="message service: the stream moves orders FIRST_ID .. FIRST_ID+N-1",
+)
+@click.option(
+    "--tmc-first-id",
+    default=500_031_414_182_214,
+    show_default=True,
+    type=int,
+    help="message service: first biz_order_id the stream moves (the demo's first id)",
+)
+@click.option(
+    "--tmc-redelivery-seconds",
+    default=30.0,
+    show_default=True,
+    type=float,
+    help="message service: an unconfirmed message is delivered again after this",
+)
+@click.option(
+    "--tmc-noise",
+    default=0.05,
+    show_default=True,
+    type=float,
+    help="message service: share of duplicates, out-of-order and other-topic messages "
+    "(each; unreadable ones at a fifth of it)",
+)
 @pass_state
 @handle_errors
 def simulate(
@@ -129,11 +165,13 @@ def simulate(
     from etl.simulator.server import Simulator, SimulatorConfig
 
     s = state.settings
+    tmc = _tmc_config(options)
     config = SimulatorConfig(
         app_key=s.top_app_key,
         app_secret=s.top_app_secret.get_secret_value(),
         session=s.top_session.get_secret_value(),
         faults=_parse_faults(faults, fault_rate),
+        tmc=tmc,
         **options,
     )
 
@@ -143,6 +181,8 @@ def simulate(
         sim = Simulator(config)
         url = await sim.start(host, port)
         click.echo(f"TOP simulator listening on {url} (app_key {config.app_key}); Ctrl-C stops")
+        if config.tmc.rate > 0:
+            click.echo(f"message service: {config.tmc.rate:g} order changes/s")
         stop = asyncio.Event()
         app.stop_on_signals(stop)
         try:
@@ -150,9 +190,30 @@ def simulate(
         finally:
             await sim.stop()
             click.echo(f"counters: {sim.counters.as_dict()}")
+            if config.tmc.rate > 0:
+                click.echo(f"message service: {sim.tmc.counters.as_dict()}")
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve())
+
+
+def _tmc_config(options: dict[str, Any]) -> Any:
+    """The simulator's message service from the ``--tmc-*`` options (removed from ``options``)."""
+    from etl.simulator.tmc import TmcConfig
+
+    noise = options.pop("tmc_noise")
+    if not 0 <= noise <= 1:
+        raise errors.InputError(f"--tmc-noise {noise}: expected a share between 0 and 1")
+    return TmcConfig(
+        rate=options.pop("tmc_rate"),
+        orders=options.pop("tmc_orders"),
+        first_id=options.pop("tmc_first_id"),
+        redelivery_seconds=options.pop("tmc_redelivery_seconds"),
+        duplicate_rate=noise,
+        reorder_rate=noise,
+        other_topic_rate=noise,
+        unreadable_rate=noise / 5,
+    )
 
 
 def _date(value: str | None) -> Any:
@@ -212,13 +273,21 @@ def replay(state: State, /, since: str | None, api: str) -> None:
     type=float,
     help="transient faults the simulator injects",
 )
+@click.option(
+    "--live-seconds",
+    default=15.0,
+    show_default=True,
+    type=float,
+    help="after the load, orders arrive and change through the message service (0 = skip)",
+)
 @pass_state
 @handle_errors
-def demo(state: State, /, n_wdk: int, n_omni: int, fault_rate: float) -> None:
+def demo(state: State, /, n_wdk: int, n_omni: int, fault_rate: float, live_seconds: float) -> None:
     """One command on a fresh machine: the embedded Postgres (unless ETL_DATABASE_URL is set), an
-    in-process TOP simulator, migrate, enqueue, sync with progress, and a short report."""
+    in-process TOP simulator, migrate, enqueue, sync with progress, a short report, then orders
+    arriving and updating live through the message service (TMC)."""
     import asyncio
 
     from etl import demo as demo_mod
 
-    asyncio.run(demo_mod.run(state.settings, n_wdk, n_omni, fault_rate))
+    asyncio.run(demo_mod.run(state.settings, n_wdk, n_omni, fault_rate, live_seconds))

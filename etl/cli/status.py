@@ -83,6 +83,7 @@ def status(state: State, /, n_runs: int) -> None:
     import sqlalchemy as sa
 
     from etl import app
+    from etl.cli.tmc import status_lines as tmc_status_lines
     from etl.db import bans, holds, queue, runs
     from etl.db.tables import sync_runs
 
@@ -97,6 +98,7 @@ def status(state: State, /, n_runs: int) -> None:
             .all()
         )
         dead = queue.dead(conn, limit=10)
+        tmc_lines = tmc_status_lines(conn)  # --- TMC (issue 11)
         now = conn.execute(sa.select(sa.func.now())).scalar_one()
     for r in depth:
         r["rechecks"] = rechecks.get(r["api"], 0)
@@ -160,6 +162,11 @@ def status(state: State, /, n_runs: int) -> None:
                 for d in dead
             ],
         )
+
+    # --- TMC (issue 11): the message service's freshness, topics and unreadable messages
+    click.echo("")
+    for line in tmc_lines:
+        click.echo(line)
 
 
 ID_COLUMNS = [

@@ -313,7 +313,7 @@ sync_runs = sa.Table(
     "sync_runs",
     metadata,
     c("id", sa.BigInteger, "run id", primary_key=True, autoincrement=True),
-    c("kind", sa.Text, "worker, sync, backfill, replay or demo", nullable=False),
+    c("kind", sa.Text, "worker, sync, backfill, replay, demo or tmc", nullable=False),
     c(
         "status",
         sa.Text,
@@ -456,4 +456,64 @@ backfill_ids = sa.Table(
     ),
     sa.Index(None, "queue_id"),
     comment="the queue rows of each backfill (a queue row may belong to several)",
+)
+
+
+# ------------------------------------------------------------ the platform's message service (TMC)
+
+tmc_hints = sa.Table(
+    "tmc_hints",
+    metadata,
+    c("api", sa.Text, "wdk (the api the message's order is fetched with)", primary_key=True),
+    c("id_kind", sa.Text, "biz (the id kind of key)", primary_key=True),
+    c("key", sa.Text, "the order id the messages named (biz_order_id)", primary_key=True),
+    c("first_pub_time", TZ, "pub_time of the oldest message not yet loaded", nullable=False),
+    c("last_pub_time", TZ, "pub_time of the newest message not yet loaded", nullable=False),
+    c("messages", sa.Integer, "messages merged into this hint", nullable=False, server_default="1"),
+    c(
+        "received_at",
+        TZ,
+        "when the newest of these messages was pulled",
+        nullable=False,
+        server_default=sa.text("now()"),
+    ),
+    comment="orders TMC messages say changed, until a payload fetched after the newest message "
+    "is stored (then the message-to-row latency goes to tmc_latency)",
+)
+
+tmc_latency = sa.Table(
+    "tmc_latency",
+    metadata,
+    c("id", sa.BigInteger, "row id", primary_key=True, autoincrement=True),
+    c("api", sa.Text, "wdk", nullable=False),
+    c("key", sa.Text, "the order id (biz_order_id)", nullable=False),
+    c("pub_time", TZ, "pub_time of the oldest message the load answered", nullable=False),
+    c("loaded_at", TZ, "when the order's row was written", nullable=False),
+    c("seconds", sa.Float, "loaded_at - pub_time, seconds (pub_time has 1 s resolution)"),
+    sa.Index(None, "loaded_at"),
+    comment="freshness: from a TMC message's pub_time to the order's row committed",
+)
+
+tmc_topics = sa.Table(
+    "tmc_topics",
+    metadata,
+    c("topic", sa.Text, "the TMC topic, e.g. alibaba_wdkorder_StatusChange", primary_key=True),
+    c("handled", sa.Boolean, "whether etl queues the orders it names", nullable=False),
+    c("messages", sa.BigInteger, "messages pulled (and confirmed)", nullable=False),
+    c("first_seen_at", TZ, "first pulled", nullable=False, server_default=sa.text("now()")),
+    c("last_seen_at", TZ, "last pulled", nullable=False, server_default=sa.text("now()")),
+    comment="messages pulled per TMC topic; topics etl does not handle are confirmed and counted",
+)
+
+tmc_unreadable = sa.Table(
+    "tmc_unreadable",
+    metadata,
+    c("id", sa.BigInteger, "row id", primary_key=True, autoincrement=True),
+    c("message_id", sa.BigInteger, "the message id (NULL when it could not be read either)"),
+    c("topic", sa.Text, "the message's topic, as received"),
+    c("content", sa.Text, "the message's content, as received"),
+    c("reason", sa.Text, "why it cannot be read", nullable=False),
+    c("received_at", TZ, "when it was pulled", nullable=False, server_default=sa.text("now()")),
+    sa.UniqueConstraint("message_id"),
+    comment="TMC messages whose content cannot be read: kept for inspection, and confirmed",
 )

@@ -21,7 +21,8 @@ from etl.top.envelope import LIST_FIELDS
 
 TB_BASE = 3_725_362_000_000_000_000
 SUB_BASE = 600_000_000_000_000_000
-MAX_BIZ_ID = 10**15  # biz ids are below this (15 digits, like 500031414182214)
+MAX_BIZ_ID = 10**17  # biz ids are below this (demo ids have 15 digits, like 500031414182214;
+# larger ones, above 2**53, exist too so exact id handling is tested end to end)
 FIRST_DEMO_BIZ_ID = 500_031_414_182_214
 
 STORES = ["CSDRF01001", "CSDRF01002", "HZXH02001", "SHPD03001", "BJCY04001"]

@@ -26,7 +26,8 @@ from aiohttp import web
 from etl import chinatime
 from etl.settings import DEMO_APP_KEY, DEMO_APP_SECRET, DEMO_SESSION
 from etl.simulator import data
-from etl.top import signing
+from etl.simulator.tmc import CONFIRM_METHOD, CONSUME_METHOD, TmcConfig, TmcError, TmcStream
+from etl.top import envelope, signing
 from etl.top.apis import ID_KINDS, OMNI_METHOD, WDK_METHOD
 
 # control_chars is a property of the order (the same orders always carry the same raw control
@@ -58,6 +59,7 @@ class SimulatorConfig:
     # How flow-control bans spell their wait: "this_ban" ("This ban will last for N more
     # seconds") or "gateway" ("<sub_code>, will last N more seconds"); both are seen in practice.
     ban_spelling: str = "this_ban"
+    tmc: TmcConfig = field(default_factory=TmcConfig)  # the message service (etl.simulator.tmc)
 
     def __repr__(self) -> str:
         return f"SimulatorConfig(app_key={self.app_key!r}, seed={self.seed}, qps={self.qps})"
@@ -131,6 +133,8 @@ class Simulator:
         self._limiters: dict[str, _AppLimiter] = {}
         self._script: list[str] = []
         self._runner: web.AppRunner | None = None
+        self.tmc = TmcStream(self.config.tmc, self.config.seed, self._base_order)
+        self._tmc_task: asyncio.Task[None] | None = None
         self.url = ""
         self.app = web.Application(client_max_size=8 * 1024 * 1024)
         self.app.router.add_route("*", "/router/rest", self._handle)
@@ -145,9 +149,19 @@ class Simulator:
         await site.start()
         bound = int(self._runner.addresses[0][1]) if self._runner.addresses else port
         self.url = f"http://{host}:{bound}/router/rest"
+        if self.config.tmc.rate > 0:
+            self.start_stream()
         return self.url
 
+    def start_stream(self, seconds: float | None = None) -> None:
+        """Start publishing order changes (on this loop), for ``seconds`` or until stopped."""
+        self._tmc_task = asyncio.get_running_loop().create_task(self.tmc.run(seconds))
+
     async def stop(self) -> None:
+        self.tmc.stop_stream()
+        if self._tmc_task is not None:
+            await self._tmc_task
+            self._tmc_task = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -186,7 +200,7 @@ class Simulator:
     # ------------------------------------------------------------------------------- serving
 
     async def _counters(self, request: web.Request) -> web.Response:
-        return web.json_response(self.counters.as_dict())
+        return web.json_response({**self.counters.as_dict(), "tmc": self.tmc.counters.as_dict()})
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.counters.calls += 1
@@ -206,7 +220,7 @@ class Simulator:
         if self._fault("no_result", step):  # a well-formed envelope that carries nothing
             method = params.get("method", "")
             return web.json_response(
-                {method.replace(".", "_") + "_response": {"request_id": self._request_id()}}
+                {envelope.response_key(method): {"request_id": self._request_id()}}
             )
         method = params.get("method", "")
         simplify = params.get("simplify", "").lower() == "true"
@@ -228,12 +242,10 @@ class Simulator:
         self.counters.ok += 1
         self.counters.by_method[method] += 1
         payload["request_id"] = self._request_id()
-        body_obj = (
-            payload
-            if simplify
-            else {method.replace(".", "_") + "_response": data.wrap_lists(payload)}
-        )
         dirty = self._mark_control_chars(payload) if not step else 0
+        body_obj = (
+            payload if simplify else {envelope.response_key(method): data.wrap_lists(payload)}
+        )
         body = orjson.dumps(body_obj)
         if dirty:
             body = body.replace(_ESCAPED_CONTROL, CONTROL_CHARS.encode())
@@ -328,7 +340,7 @@ class Simulator:
         if not signing.verify(p, cfg.app_secret):
             self.counters.signature_failures += 1
             raise GatewayError(25, "Invalid Signature")
-        if p["method"] not in (WDK_METHOD, OMNI_METHOD):
+        if p["method"] not in (WDK_METHOD, OMNI_METHOD, CONSUME_METHOD, CONFIRM_METHOD):
             raise GatewayError(22, "Invalid Method")
         if p.get("format", "xml") != "json":
             raise GatewayError(
@@ -379,6 +391,11 @@ class Simulator:
     def _dispatch(self, method: str, p: dict[str, str]) -> dict[str, Any]:
         if method == WDK_METHOD:
             return self._wdk(p)
+        if method in (CONSUME_METHOD, CONFIRM_METHOD):
+            try:
+                return self.tmc.consume(p) if method == CONSUME_METHOD else self.tmc.confirm(p)
+            except TmcError as err:
+                raise GatewayError(err.code, err.msg, err.sub_code, err.sub_msg) from None
         return self._omni(p)
 
     def _wdk(self, p: dict[str, str]) -> dict[str, Any]:
@@ -421,8 +438,8 @@ class Simulator:
             biz = data.biz_id_for(kind, value)
             if biz is None or biz in seen or not self._exists(str(biz)):
                 continue
-            order = data.wdk_order(
-                biz, self.config.seed, self.config.epoch, self.config.change_rate
+            order = self.tmc.apply(
+                data.wdk_order(biz, self.config.seed, self.config.epoch, self.config.change_rate)
             )
             if self._matches(order, query):
                 seen.add(biz)
@@ -444,6 +461,18 @@ class Simulator:
             if want not in (None, "") and str(order.get(name)) != str(want):
                 return False
         return True
+
+    def _base_order(self, biz: int) -> dict[str, Any] | None:
+        """The generated order (before the message stream moved it), None if it does not exist."""
+        if not self._exists(str(biz)):
+            return None
+        cfg = self.config
+        return data.wdk_order(biz, cfg.seed, cfg.epoch, cfg.change_rate)
+
+    def current_wdk_order(self, biz: int) -> dict[str, Any] | None:
+        """The order the simulator serves for ``biz`` now (tests compare the tables to it)."""
+        order = self._base_order(biz)
+        return self.tmc.apply(order) if order is not None else None
 
     def _exists(self, key: str) -> bool:
         return data.exists(self.config.seed, key, self.config.missing_rate)

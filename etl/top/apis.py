@@ -253,3 +253,56 @@ async def omni_order_query(
         {"user_id": user_id, "order_id": order_id, "out_order_id": out_order_id},
         omni_model,
     )
+
+
+# ------------------------------------------------------------------- the message service (TMC)
+
+TMC_CONSUME_METHOD = "taobao.tmc.messages.consume"
+TMC_CONFIRM_METHOD = "taobao.tmc.messages.confirm"
+TMC_CONFIRM_MAX = 200  # message ids per confirm call
+
+
+def tmc_consume_request(group_name: str, quantity: int) -> dict[str, Any]:
+    """The business parameters of one taobao.tmc.messages.consume call."""
+    return {"group_name": group_name, "quantity": quantity}
+
+
+def tmc_confirm_request(group_name: str, message_ids: Sequence[int]) -> dict[str, Any]:
+    """The business parameters of one confirm call (ids comma-separated, at most 200)."""
+    if len(message_ids) > TMC_CONFIRM_MAX:
+        raise ValueError(f"at most {TMC_CONFIRM_MAX} message ids per confirm call")
+    return {"group_name": group_name, "s_message_ids": ",".join(str(i) for i in message_ids)}
+
+
+def tmc_messages(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The messages of a consume payload (``[]`` when none: absent, null or ``{}``)."""
+    messages = payload.get("messages")
+    if messages is None or messages == {}:
+        return []
+    if not isinstance(messages, list) or not all(isinstance(m, Mapping) for m in messages):
+        raise errors.MalformedResponse(
+            "tmc messages is not a list of objects", method=TMC_CONSUME_METHOD
+        )
+    return [dict(m) for m in messages]
+
+
+async def tmc_consume(client: Caller, group_name: str, quantity: int) -> list[dict[str, Any]]:
+    """Take up to ``quantity`` messages of ``group_name`` (raw message objects)."""
+    return await client.call_parsed(
+        TMC_CONSUME_METHOD, tmc_consume_request(group_name, quantity), tmc_messages
+    )
+
+
+async def tmc_confirm(client: Caller, group_name: str, message_ids: Sequence[int]) -> int:
+    """Acknowledge ``message_ids`` in calls of at most 200; returns the calls made."""
+    batches = chunks([str(i) for i in message_ids], TMC_CONFIRM_MAX)
+    for batch in batches:
+        payload = await client.call_parsed(
+            TMC_CONFIRM_METHOD, tmc_confirm_request(group_name, [int(i) for i in batch]), dict
+        )
+        ok = payload.get("is_success")
+        if ok is not None and not (ok is True or str(ok).lower() == "true"):
+            raise errors.PlatformTransient(
+                "the platform did not accept the confirmation", method=TMC_CONFIRM_METHOD
+            )
+    return len(batches)

@@ -24,6 +24,7 @@ LIST_FIELDS: dict[str, str] = {
     "sub_orders": "sub_order",
     "subpay_order_list": "sub_pay_order_detail",
     "pay_order_serial_infos": "pay_order_serial_info",
+    "messages": "tmc_message",  # taobao.tmc.messages.consume
 }
 
 # Both spellings: "This ban will last for 12 more seconds" and
@@ -218,12 +219,18 @@ def payload(body: bytes, method: str) -> dict[str, Any]:
     if "error_response" in doc:
         err = doc["error_response"]
         raise classify(err if isinstance(err, dict) else {"msg": str(err)}, method)
-    wrapper = method.replace(".", "_") + "_response"
+    wrapper = response_key(method)
     inner = doc.get(wrapper, doc)
     if not isinstance(inner, dict):
         raise errors.MalformedResponse(f"{wrapper} is a {type(inner).__name__}, not an object")
     result: dict[str, Any] = unwrap_lists(inner)
     return result
+
+
+def response_key(method: str) -> str:
+    """The default shape's wrapper: ``alibaba.wdk.order.get`` → ``alibaba_wdk_order_get_response``;
+    the platform drops a leading ``taobao.`` (``tmc_messages_consume_response``)."""
+    return method.removeprefix("taobao.").replace(".", "_") + "_response"
 
 
 def request_id(payload_: Mapping[str, Any]) -> str | None:

@@ -85,12 +85,12 @@ def test_the_full_report_renders_every_chart_and_agrees_with_the_views(
 
     dom = _browser("--virtual-time-budget=5000", "--dump-dom", out.as_uri()).stdout
     charts = re.findall(r"<svg [^>]*class=\"chart\"[^>]*>", dom)
-    assert len(charts) == 7  # daily sales has two; one for each other report
+    assert len(charts) == 8  # daily sales has two; one for each other report
     for tag in charts:
         assert 'data-rendered="yes"' in tag, tag  # laid out by the browser, not empty
     marks = [int(m) for m in re.findall(r'data-marks="(\d+)"', dom)]
-    assert len(marks) == 7
-    assert all(n > 0 for n in marks[:-1])  # data-quality may have no problem to draw
+    assert len(marks) == 8
+    assert all(n > 0 for n in marks[:-2])  # no message, no problem: nothing to draw
 
     # The totals on the page are the views' own sums, to the fen.
     assert _attr(dom, "daily-sales", "net-fen") == _view_sum(
