@@ -54,6 +54,12 @@ class Settings(BaseModel):
     )
     data_dir: Path = Field(default_factory=default_data_dir, description="local state directory")
     db_pool_size: int = Field(5, ge=1, le=100, description="connections kept per process")
+    reader_role: str | None = Field(
+        None,
+        min_length=1,
+        max_length=63,
+        description="existing role etl migrate grants read-only access (order tables, views)",
+    )
 
     # --- the platform
     top_url: str = Field(

@@ -88,6 +88,7 @@ def handle_errors(f: F) -> F:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="etl", prog_name="etl", message="%(prog)s %(version)s")
 @click.option(
     "--config",
     type=click.Path(dir_okay=False, path_type=Path),
