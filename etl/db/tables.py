@@ -399,3 +399,16 @@ top_bans = sa.Table(
     ),
     comment="flow-control bans longer than top_ban_threshold, shared by every worker",
 )
+
+# What a reporting role may read (`etl grant-reader`, the reader_role setting), besides every
+# view: the orders and their audit trail. Everything else (the queue, runs, bans, Alembic's
+# bookkeeping) stays internal; a new table is internal until it is listed here.
+READABLE = (
+    wdk_orders,
+    wdk_pay_channels,
+    wdk_sub_orders,
+    omni_orders,
+    omni_subpay_orders,
+    omni_pay_serials,
+    order_archive,
+)
