@@ -9,7 +9,9 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -19,6 +21,7 @@ from etl.db import migrate
 from etl.db.tables import READABLE, metadata
 from tests.helpers import etl_cmd, etl_env
 
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "reader-pw-1"
 INTERNAL = ("sync_queue", "sync_runs", "top_bans", "alembic_version")
 VIEWS = (
@@ -144,3 +147,23 @@ def test_a_missing_role_stops_migrate_before_it_migrates(empty_db_url: str) -> N
     assert "reader role 'no_such_role' does not exist" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert migrate.current_revision(empty_db_url) is None
+
+
+def test_alembic_upgrade_from_a_checkout_applies_the_reader_role(
+    empty_db_url: str, reader: str
+) -> None:
+    # The top-level alembic.ini and migrations/ stay the source of truth for a checkout.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+    env.update(ETL_CONFIG="", ETL_DATABASE_URL=empty_db_url, ETL_READER_ROLE=reader)
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert migrate.current_revision(empty_db_url) == migrate.head_revision(empty_db_url)
+    assert_reader_only(empty_db_url, reader)
