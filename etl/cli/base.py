@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -77,7 +77,7 @@ def _setting_options(f: F) -> F:
     return f
 
 
-def _fail(exc: BaseException, code: int) -> None:
+def _fail(exc: BaseException, code: int) -> NoReturn:
     """Print ``exc`` as one line, every known secret masked (defence in depth), and exit."""
     message = str(exc)
     ctx = click.get_current_context(silent=True)
