@@ -11,6 +11,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,9 +41,19 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def scratch() -> Iterator[Path]:
+    """A directory outside pytest's tmp root, which another pytest session may close to every
+    user but root while this one runs: the embedded server runs as the user 'pgserver' when the
+    tests run as root, and needs to reach both the venv's binaries and its data directory."""
+    path = Path(tempfile.mkdtemp(prefix="etl-test-wheel-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def installed(scratch: Path) -> Path:
     """The bin directory of a fresh virtualenv with the wheel installed."""
-    base = tmp_path_factory.mktemp("wheel")
+    base = scratch
     src = base / "src"
     src.mkdir()
     for name in SOURCES:
@@ -80,7 +92,9 @@ def _etl_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def test_the_installed_package_carries_its_migrations(installed: Path, tmp_path: Path) -> None:
+def test_the_installed_package_carries_its_migrations(installed: Path, scratch: Path) -> None:
+    tmp_path = scratch / "t1"
+    tmp_path.mkdir()
     out = _run(
         [
             str(installed / "python"),
@@ -98,9 +112,10 @@ def test_the_installed_package_carries_its_migrations(installed: Path, tmp_path:
 
 
 @pytest.mark.skipif(bool(os.environ.get("ETL_DATABASE_URL")), reason="tests the embedded default")
-def test_etl_commands_work_from_another_directory(installed: Path, tmp_path: Path) -> None:
+def test_etl_commands_work_from_another_directory(installed: Path, scratch: Path) -> None:
+    tmp_path = scratch / "t2"
     cwd = tmp_path / "elsewhere"
-    cwd.mkdir()
+    cwd.mkdir(parents=True)
     env = _etl_env(tmp_path / "data")
     etl = str(installed / "etl")
     assert "migrate" in _run([etl, "--help"], cwd, env)
