@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -90,6 +91,36 @@ REPORTS = {
 }
 
 
+def _having(attribute: str) -> str:
+    return ", ".join(r.name for r in REPORTS.values() if getattr(r, attribute))
+
+
+def check_options(
+    report: Report,
+    since: date | None = None,
+    until: date | None = None,
+    store: str | None = None,
+    limit: int | None = None,
+) -> None:
+    """ValueError naming the option when one does not apply to ``report`` or cannot be met:
+    an ignored filter would print a report the user did not ask for."""
+    if (since or until) and not report.day_column:
+        option = "--since" if since else "--until"
+        raise ValueError(
+            f"{option} does not apply to report {report.name} (it has no day); "
+            f"reports with days: {_having('day_column')}"
+        )
+    if store and not report.store_column:
+        raise ValueError(
+            f"--store does not apply to report {report.name} (it has no store); "
+            f"reports with stores: {_having('store_column')}"
+        )
+    if since and until and since > until:
+        raise ValueError(f"--since {since} is after --until {until}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1 (got {limit})")
+
+
 def fetch(
     conn: Connection,
     report: Report,
@@ -99,6 +130,7 @@ def fetch(
     limit: int | None = None,
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Column names and rows of ``report``, filtered (``until`` is inclusive)."""
+    check_options(report, since, until, store, limit)
     where: list[str] = []
     params: dict[str, Any] = {}
     if report.day_column and since:
@@ -107,28 +139,24 @@ def fetch(
     if report.day_column and until:
         where.append(f"{report.day_column} <= :until")
         params["until"] = until
-    if store:
-        if not report.store_column:
-            raise ValueError(f"report {report.name} has no store column")
+    if store and report.store_column:
         where.append(f"{report.store_column} = :store")
         params["store"] = store
     sql = f"SELECT * FROM {report.view}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY {report.order_by}"
-    if limit:
+    if limit is not None:
         sql += f" LIMIT {int(limit)}"
     result = conn.execute(sa.text(sql), params)
     return list(result.keys()), [tuple(r) for r in result.all()]
 
 
 def _plain(value: Any) -> Any:
+    # Decimals are always strings (exact, and one JSON type per column: a numeric column would
+    # otherwise mix 3 and "2.50"); integer columns stay numbers.
     if isinstance(value, Decimal):
-        return (
-            int(value)
-            if value == value.to_integral_value() and "." not in str(value)
-            else str(value)
-        )
+        return format(value, "f")
     if isinstance(value, datetime) and value.tzinfo is not None:
         return value.astimezone(chinatime.CHINA).isoformat()  # reports speak China time
     if isinstance(value, datetime | date):
@@ -138,10 +166,31 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def display_width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: East Asian wide and full-width characters (CJK)
+    take two, combining marks none."""
+    return sum(_char_width(ch) for ch in text)
+
+
+def _char_width(ch: str) -> int:
+    if unicodedata.combining(ch):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def _pad(text: str, width: int, right: bool) -> str:
+    fill = " " * max(0, width - display_width(text))
+    return fill + text if right else text + fill
+
+
 def as_table(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
-    """An aligned plain-text table: numbers right-aligned, nothing truncated."""
+    """An aligned plain-text table: numbers right-aligned, nothing truncated, aligned by display
+    width (a Chinese character takes two columns)."""
     cells = [["" if v is None else str(_plain(v)) for v in row] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    widths = [
+        max([display_width(c)] + [display_width(r[i]) for r in cells])
+        for i, c in enumerate(columns)
+    ]
     numeric = [
         all(isinstance(row[i], int | float | Decimal) or row[i] is None for row in rows)
         for i in range(len(columns))
@@ -149,8 +198,7 @@ def as_table(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
 
     def line(values: list[str]) -> str:
         return "  ".join(
-            v.rjust(w) if num else v.ljust(w)
-            for v, w, num in zip(values, widths, numeric, strict=True)
+            _pad(v, w, num) for v, w, num in zip(values, widths, numeric, strict=True)
         ).rstrip()
 
     out = [line(columns), line(["-" * w for w in widths])]

@@ -11,18 +11,19 @@ line or an error message.
 
 from __future__ import annotations
 
+import difflib
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from etl import errors
+from etl import dburl, errors
 
 ENV_PREFIX = "ETL_"
 DEFAULT_CONFIG_PATH = Path("config/etl.toml")
@@ -54,6 +55,12 @@ class Settings(BaseModel):
     )
     data_dir: Path = Field(default_factory=default_data_dir, description="local state directory")
     db_pool_size: int = Field(5, ge=1, le=100, description="connections kept per process")
+    reader_role: str | None = Field(
+        None,
+        min_length=1,
+        max_length=63,
+        description="existing role etl migrate grants read-only access (order tables, views)",
+    )
 
     # --- the platform
     top_url: str = Field(
@@ -149,6 +156,15 @@ class Settings(BaseModel):
     log_format: LogFormat = Field("text", description="text or json (one object per line)")
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_parses(cls, value: SecretStr | None) -> SecretStr | None:
+        # Validated and re-encoded once here, so every later reader (SQLAlchemy, libpq, redaction)
+        # splits it the same way; the message never quotes the URL.
+        if value is None:
+            return None
+        return SecretStr(dburl.normalize(value.get_secret_value()))
+
     def final_status_list(self) -> list[str]:
         return [x.strip() for x in self.final_statuses.split(",") if x.strip()]
 
@@ -161,9 +177,9 @@ class Settings(BaseModel):
         if self.database_url is not None:
             url = self.database_url.get_secret_value()
             values.append(url)
-            password = _url_password(url)
+            password = dburl.password(url)
             if password:
-                values.append(password)
+                values += [password, quote(password, safe="")]
         return [v for v in values if v]
 
     def database_url_redacted(self) -> str | None:
@@ -186,14 +202,10 @@ def cli_flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def _url_password(url: str) -> str | None:
-    m = re.match(r"^[a-zA-Z0-9+.-]+://[^:/@]*:([^@]*)@", url)
-    return m.group(1) if m else None
-
-
 def redact_url(url: str) -> str:
-    """``postgresql://u:secret@h/db`` → ``postgresql://u:***@h/db``."""
-    return re.sub(r"^([a-zA-Z0-9+.-]+://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """``postgresql://u:p@ss@h/db`` → ``postgresql://u:***@h/db`` (the URL is parsed, never
+    cut at its first ``@``)."""
+    return dburl.redact(url)
 
 
 @dataclass(frozen=True)
@@ -226,6 +238,23 @@ def _read_env(env: Mapping[str, str]) -> dict[str, _Value]:
         raw = env.get(env_name(field))
         if raw is not None and raw.strip() != "":
             out[field] = _Value(raw.strip(), env_name(field))
+    return out
+
+
+# ETL_* variables that are not settings but mean something to etl.
+ENV_NOT_SETTINGS = frozenset({"ETL_CONFIG"})
+
+
+def unknown_env(env: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each ``ETL_*`` environment variable that is not a setting (a misspelling
+    would otherwise be silently ignored), naming the closest real one."""
+    env = os.environ if env is None else env
+    known = {env_name(f) for f in FIELD_NAMES} | ENV_NOT_SETTINGS
+    out = []
+    for name in sorted(k for k in env if k.upper().startswith(ENV_PREFIX) and k not in known):
+        close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "see `etl --help`"
+        out.append(f"{name} is not an etl setting and is ignored; {hint}")
     return out
 
 

@@ -7,6 +7,7 @@ from logging.config import fileConfig
 from alembic import context
 
 from etl.db import engine as db_engine
+from etl.db import grants
 from etl.db.tables import metadata
 from etl.settings import load_settings
 
@@ -22,6 +23,14 @@ def _url() -> str:
     if url:
         return str(url)
     return db_engine.database_url(load_settings())
+
+
+def _reader_role() -> str | None:
+    # `etl migrate` passes its settings' reader_role; the alembic command reads the settings.
+    if "etl_reader_role" in config.attributes:
+        role = config.attributes["etl_reader_role"]
+        return str(role) if role else None
+    return load_settings().reader_role
 
 
 def run_migrations_offline() -> None:
@@ -49,6 +58,10 @@ def run_migrations_online() -> None:
         config.attributes["etl_before"] = context.get_context().get_current_revision()
         with context.begin_transaction():
             context.run_migrations()
+            # Re-applied after every upgrade, in the same transaction: new views are covered.
+            role = _reader_role()
+            if role:
+                grants.grant_reader(connection, role)
         connection.commit()
 
 

@@ -11,6 +11,8 @@ import atexit
 import contextlib
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,18 +59,22 @@ def _to_url(conninfo: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_url() -> Iterator[str]:
     """URL of a maintenance database on the test server."""
     configured = os.environ.get("ETL_DATABASE_URL", "").strip()
     if configured:
         yield configured
         return
-    data_dir = Path(tmp_path_factory.mktemp("etl-data"))
+    # Not under pytest's tmp root: every pytest session that starts (on a shared machine, any
+    # one's) tightens /tmp/pytest-of-<user> back to 0700, and run as root the embedded server is
+    # the unprivileged user 'pgserver', which then loses its data directory mid-session.
+    data_dir = Path(tempfile.mkdtemp(prefix="etl-test-data-"))
     server = db_engine.embedded_server(data_dir)
     try:
         yield str(server.get_uri())
     finally:
         stop_server(server)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def stop_server(server: Any) -> None:

@@ -28,12 +28,48 @@ def migrate(state: State, revision: str) -> None:
 
     settings = state.settings
     url = engine.database_url(settings)
-    before, after = db_migrate.upgrade(url, revision)
+    role = settings.reader_role
+    if role:  # a missing role stops it before anything is migrated
+        _check_reader_role(settings, role)
+    before, after = db_migrate.upgrade(url, revision, reader_role=role)
     where = settings.database_url_redacted() or f"embedded cluster in {settings.data_dir / 'pg'}"
     if before == after:
         click.echo(f"schema already at {after} ({where})")
     else:
         click.echo(f"schema upgraded {before or 'empty'} -> {after} ({where})")
+    if role:
+        click.echo(f"read-only access (order tables and views) granted to role {role}")
+
+
+def _check_reader_role(settings: Any, role: str) -> None:
+    from etl.db import engine, grants
+
+    engine_ = engine.create_engine(settings)
+    try:
+        with engine_.connect() as conn:
+            grants.check_role(conn, role)
+    finally:
+        engine_.dispose()
+
+
+@main.command("grant-reader")
+@click.argument("role")
+@pass_state
+@handle_errors
+def grant_reader(state: State, /, role: str) -> None:
+    """Give an existing ROLE read-only access for reporting tools: SELECT on the order tables and
+    the report views; no writes, no queue or run tables. Create the role first (CREATE ROLE ...
+    LOGIN PASSWORD ...). Set reader_role to have `etl migrate` re-apply it after every upgrade."""
+    from etl import app
+    from etl.db import grants
+
+    with app.database(state.settings) as engine, engine.begin() as conn:
+        granted = grants.grant_reader(conn, role)
+    click.echo(
+        f"role {granted.role} may read {len(granted.tables)} tables "
+        f"({', '.join(granted.tables)}) and {len(granted.views)} views "
+        f"({', '.join(granted.views)}); no access to {', '.join(granted.refused) or 'nothing else'}"
+    )
 
 
 @main.command("config")

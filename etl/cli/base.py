@@ -7,17 +7,26 @@ global flag, e.g. ``etl --top-qps 5 sync``; ``--help`` shows each flag's environ
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from etl import errors, logs
-from etl.settings import FIELD_NAMES, SECRET_FIELDS, Settings, env_name, load_settings
+from etl.settings import (
+    FIELD_NAMES,
+    SECRET_FIELDS,
+    Settings,
+    env_name,
+    load_settings,
+    unknown_env,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("etl.settings")
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran, but something in it failed (ids failed, a check failed)
@@ -34,6 +43,10 @@ class State:
         self.overrides = overrides
         self._settings: Settings | None = None
 
+    def secrets(self) -> list[str]:
+        """The secret values of the settings, if they were loaded (for scrubbing messages)."""
+        return self._settings.secrets() if self._settings is not None else []
+
     @property
     def settings(self) -> Settings:
         if self._settings is None:
@@ -41,6 +54,8 @@ class State:
             logs.configure(
                 self._settings.log_level, self._settings.log_format, self._settings.secrets()
             )
+            for warning in unknown_env():
+                log.warning(warning)
         return self._settings
 
 
@@ -62,6 +77,18 @@ def _setting_options(f: F) -> F:
     return f
 
 
+def _fail(exc: BaseException, code: int) -> NoReturn:
+    """Print ``exc`` as one line, every known secret masked (defence in depth), and exit."""
+    message = str(exc)
+    ctx = click.get_current_context(silent=True)
+    state = ctx.find_object(State) if ctx is not None else None
+    for secret in sorted(state.secrets() if state else [], key=len, reverse=True):
+        if len(secret) >= 4:
+            message = message.replace(secret, "***")
+    click.echo(f"etl: error: {message}", err=True)
+    sys.exit(code)
+
+
 def handle_errors(f: F) -> F:
     """Print an EtlError as one clear line and exit non-zero; never a traceback for our errors."""
 
@@ -70,24 +97,22 @@ def handle_errors(f: F) -> F:
         try:
             return f(*args, **kwargs)
         except (errors.ConfigError, errors.InputError) as exc:
-            click.echo(f"etl: error: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
+            _fail(exc, EXIT_USAGE)
         except errors.EtlError as exc:
-            click.echo(f"etl: error: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
+            _fail(exc, EXIT_FAILED)
         except Exception as exc:
             from etl.db.engine import translate
 
             translated = translate(exc)
             if translated is None:
                 raise
-            click.echo(f"etl: error: {translated}", err=True)
-            sys.exit(EXIT_FAILED)
+            _fail(translated, EXIT_FAILED)
 
     return wrapper  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="etl", prog_name="etl", message="%(prog)s %(version)s")
 @click.option(
     "--config",
     type=click.Path(dir_okay=False, path_type=Path),

@@ -170,6 +170,14 @@ def sync(state: State, /) -> None:
     metavar="SECONDS",
     help="keep going while failed ids fall due for a retry within this time",
 )
+@click.option(
+    "--progress-seconds",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="not on a terminal: log a progress line this often",
+)
 @pass_state
 @handle_errors
 def backfill(
@@ -181,6 +189,7 @@ def backfill(
     refresh: bool,
     skip_invalid: bool,
     wait: float,
+    progress_seconds: float,
 ) -> None:
     """Enqueue the ids of --file and drain them with a progress bar.
 
@@ -191,6 +200,7 @@ def backfill(
     import asyncio
 
     from etl import app
+    from etl.cli.progress import PlainProgress
     from etl.db import backfills, queue
 
     if not file:
@@ -230,7 +240,9 @@ def backfill(
                 TextColumn("errors {task.fields[errors]}"),
             )
             started = time.monotonic()
-            with Progress(*columns, disable=not sys.stderr.isatty()) as bar:
+            on_terminal = sys.stderr.isatty()
+            plain = PlainProgress(todo, progress_seconds)
+            with Progress(*columns, disable=not on_terminal) as bar:
                 task = bar.add_task("backfill", total=todo, rate=0.0, errors=0)
                 done = [0, 0]
 
@@ -239,16 +251,18 @@ def backfill(
                     done[1] += failed
                     rate = done[0] / max(0.001, time.monotonic() - started)
                     bar.update(task, completed=min(done[0], todo), rate=rate, errors=done[1])
+                    plain.update(min(done[0], todo), done[1])
 
-                return await app.drain_once(
-                    state.settings,
-                    engine,
-                    "backfill",
-                    stop=stop,
-                    progress=progress,
-                    wait_for_retries=wait,
-                    backfill=backfill_id,
-                )
+                async with plain.running(active=not on_terminal):
+                    return await app.drain_once(
+                        state.settings,
+                        engine,
+                        "backfill",
+                        stop=stop,
+                        progress=progress,
+                        wait_for_retries=wait,
+                        backfill=backfill_id,
+                    )
 
     import time
 

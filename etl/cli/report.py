@@ -29,7 +29,7 @@ from etl.cli.base import (
     show_default=True,
     help="html: a self-contained page with a chart and the table (see -o)",
 )
-@click.option("--limit", type=int, default=None, help="at most this many rows")
+@click.option("--limit", type=int, default=None, help="at most this many rows (at least 1)")
 @click.option("--all", "all_", is_flag=True, help="every report on one page (--format html)")
 @click.option(
     "--output",
@@ -54,9 +54,13 @@ def report(
     output: str | None,
 ) -> None:
     """Print a reporting view: daily-sales, pay-channel-mix, item-sales, omni-guides,
-    sync-freshness or data-quality (`etl report --list` describes each). `--format html -o F`
-    writes a self-contained page with a chart; `--all --format html -o F` puts every report on
-    one page."""
+    sync-freshness, tmc-freshness or data-quality (`etl report --list` describes each).
+    `--format html -o F` writes a self-contained page with a chart; `--all --format html -o F`
+    puts every report on one page.
+
+    An option that does not apply to the report (--since / --until on a report without days,
+    --store on one without stores), --since after --until, or --limit below 1 is an error (exit
+    2). In JSON, decimals are strings and counts are numbers."""
     from etl import app, reports
 
     if all_ or fmt == "html":
@@ -68,8 +72,11 @@ def report(
         return
     if name not in reports.REPORTS:
         raise errors.InputError(f"unknown report {name!r}; one of: {', '.join(reports.REPORTS)}")
-    day_since = _day(since)
-    day_until = _day(until)
+    day_since, day_until = _day(since), _day(until)
+    try:  # before touching the database: a filter that does not apply is a usage error
+        reports.check_options(reports.REPORTS[name], day_since, day_until, store, limit)
+    except ValueError as exc:
+        raise errors.InputError(str(exc)) from None
     with app.database(state.settings) as engine, engine.begin() as conn:
         try:
             text = reports.render(conn, name, day_since, day_until, store, fmt, limit)

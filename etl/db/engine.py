@@ -20,7 +20,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from etl import errors
+from etl import dburl, errors
 from etl.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -142,5 +142,5 @@ def translate(exc: BaseException) -> errors.DatabaseError | None:
         exc = exc.orig
     if isinstance(exc, sa.exc.SQLAlchemyError | psycopg.Error):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return errors.DatabaseError(f"database: {first}")
+        return errors.DatabaseError(f"database: {dburl.scrub(first)}")
     return None

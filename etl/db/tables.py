@@ -517,3 +517,17 @@ tmc_unreadable = sa.Table(
     sa.UniqueConstraint("message_id"),
     comment="TMC messages whose content cannot be read: kept for inspection, and confirmed",
 )
+
+
+# What a reporting role may read (`etl grant-reader`, the reader_role setting), besides every
+# view: the orders and their audit trail. Everything else (the queue, runs, bans, Alembic's
+# bookkeeping) stays internal; a new table is internal until it is listed here.
+READABLE = (
+    wdk_orders,
+    wdk_pay_channels,
+    wdk_sub_orders,
+    omni_orders,
+    omni_subpay_orders,
+    omni_pay_serials,
+    order_archive,
+)

@@ -1,0 +1,1 @@
+"""Alembic migrations; installed as ``etl._migrations`` (see setup.py)."""

@@ -1,0 +1,1 @@
+"""The revisions, one file each (Alembic skips this ``__init__``)."""
