@@ -159,7 +159,7 @@ def test_long_quota_ban_leaves_work_pending_and_the_worker_resumes(
             db_url, sim.url, top_ban_threshold=1, poll_seconds=0.5, not_found_checks=1, top_qps=50
         )
         _enqueue(env, ids, tmp_path)
-        sim.sim.script("quota_ban:6")
+        sim.sim.script("quota_ban:12")
         port = _free_port()
         worker = _worker(env, "--metrics-port", str(port))
         try:
@@ -305,7 +305,9 @@ def test_a_backfill_works_on_its_own_file_only(
     kill, counts them alone — and leaves the others to `etl sync` / `etl worker`."""
     others = _ids(1000, offset=40_000)
     mine = _ids(400, offset=50_000)
-    env = etl_env(db_url, sim.url, top_qps=40, claim_size=20, not_found_checks=1, lanes=2)
+    env = etl_env(
+        db_url, sim.url, top_qps=40, claim_size=20, not_found_checks=1, lanes=2, top_max_attempts=10
+    )
     _enqueue(env, others, tmp_path)
     path = tmp_path / "mine.txt"
     path.write_text("\n".join(mine) + "\n")
@@ -331,5 +333,8 @@ def test_a_backfill_works_on_its_own_file_only(
     claimed = q(db_url, "SELECT ids_claimed FROM sync_runs WHERE status = 'ok'")
     assert claimed == [(len(mine) - finished,)]
     # `etl sync` still drains everything
-    assert subprocess.run(etl_cmd("sync"), env=env, timeout=300, check=False).returncode == 0
+    drained = subprocess.run(
+        etl_cmd("sync"), env=env, timeout=300, check=False, capture_output=True, text=True
+    )
+    assert drained.returncode == 0, drained.stdout + drained.stderr
     assert dict(q(db_url, others_sql, others)).keys() <= {"done", "not_found"}
