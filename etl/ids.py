@@ -1,10 +1,14 @@
-"""Reading ids from arguments, files and stdin (pure): every bad line is reported by number."""
+"""Reading ids from arguments, files and stdin (pure): every bad line is reported by number.
+
+:func:`chunks` streams: a file of ten million ids is read a chunk at a time, in bounded memory
+(duplicates are folded within a chunk; the queue's unique key folds the rest).
+"""
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from etl.top.apis import validate_id
@@ -38,12 +42,26 @@ def omni_parts(key: str) -> tuple[str, str, str]:
     return user_id, order_id, out_order_id
 
 
-def parse(lines: Iterable[str], api: str, id_kind: str, where: str = "input") -> ParsedIds:
-    """Ids from ``lines``: blank lines and ``#`` comments are skipped; for omni, CSV lines
-    ``user_id,order_id,out_order_id`` with an optional header line."""
-    out = ParsedIds()
+CHUNK = 50_000  # ids per chunk
+
+
+@dataclass
+class Chunk:
+    keys: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # "where: line N: problem"
+    duplicates: int = 0  # within the chunk
+    lines: int = 0  # the last line number read
+
+
+def chunks(
+    lines: Iterable[str], api: str, id_kind: str, where: str = "input", size: int = CHUNK
+) -> Iterator[Chunk]:
+    """Ids from ``lines``, ``size`` at a time: blank lines and ``#`` comments are skipped; for
+    omni, CSV lines ``user_id,order_id,out_order_id`` with an optional header line."""
+    out = Chunk()
     seen: set[str] = set()
     for number, line in enumerate(lines, start=1):
+        out.lines = number
         text = line.strip().lstrip("\ufeff")
         if not text or text.startswith("#"):
             continue
@@ -63,4 +81,17 @@ def parse(lines: Iterable[str], api: str, id_kind: str, where: str = "input") ->
             continue
         seen.add(key)
         out.keys.append(key)
+        if len(out.keys) >= size:
+            yield out
+            out, seen = Chunk(lines=number), set()
+    yield out
+
+
+def parse(lines: Iterable[str], api: str, id_kind: str, where: str = "input") -> ParsedIds:
+    """All the ids of ``lines`` at once (arguments, small inputs; files go by :func:`chunks`)."""
+    out = ParsedIds()
+    for chunk in chunks(lines, api, id_kind, where, size=2**62):
+        out.keys.extend(chunk.keys)
+        out.errors.extend(chunk.errors)
+        out.duplicates += chunk.duplicates
     return out

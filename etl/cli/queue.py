@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import click
@@ -21,35 +23,66 @@ from etl.cli.base import (
 )
 
 
-def _read_ids(
-    api: str, id_kind: str, ids: tuple[str, ...], file: str | None, skip_invalid: bool
-) -> list[str]:
-    from etl import ids as id_parsing
-
+@contextlib.contextmanager
+def _lines(ids: tuple[str, ...], file: str | None) -> Iterator[tuple[Iterable[str], str]]:
+    """The input's lines (read lazily) and what to call it in messages."""
     if file and ids:
         raise errors.InputError("give ids as arguments or with --file, not both")
     if file == "-" or ids == ("-",):
-        parsed = id_parsing.parse(sys.stdin, api, id_kind, "stdin")
+        yield _decoded(sys.stdin, "stdin"), "stdin"
     elif file:
         try:
-            with open(file, encoding="utf-8-sig") as fh:
-                parsed = id_parsing.parse(fh, api, id_kind, file)
-        except (OSError, UnicodeDecodeError) as exc:
+            fh = open(file, encoding="utf-8-sig")  # noqa: SIM115 - closed below
+        except OSError as exc:
             raise errors.InputError(f"cannot read {file}: {exc}") from exc
+        with fh:
+            yield _decoded(fh, file), file
     else:
-        parsed = id_parsing.parse(ids, api, id_kind, "argument")
-    if parsed.errors and not skip_invalid:
-        shown = "\n  ".join(parsed.errors[:20])
-        more = f"\n  ... and {len(parsed.errors) - 20} more" if len(parsed.errors) > 20 else ""
-        raise errors.InputError(
-            f"{len(parsed.errors)} invalid id(s); nothing was enqueued "
-            f"(--skip-invalid enqueues the valid ones):\n  {shown}{more}"
+        yield ids, "argument"
+
+
+def _decoded(lines: Iterable[str], where: str) -> Iterator[str]:
+    try:
+        yield from lines
+    except (OSError, UnicodeDecodeError) as exc:
+        raise errors.InputError(f"cannot read {where}: {exc}") from exc
+
+
+def _queue_input(
+    conn: Any,
+    api: str,
+    id_kind: str,
+    ids: tuple[str, ...],
+    file: str | None,
+    *,
+    refresh: bool,
+    skip_invalid: bool,
+    backfill: int | None = None,
+) -> Any:
+    """Stream the input into the queue (in the caller's transaction); bad lines skipped are
+    reported, progress on long inputs goes to stderr."""
+    from etl import intake
+
+    def progress(got: intake.Intake) -> None:
+        click.echo(f"read {got.lines:,} lines: {got.ids:,} ids, {got.added:,} new", err=True)
+
+    with _lines(ids, file) as (lines, where):
+        got = intake.queue_ids(
+            conn,
+            api,
+            id_kind,
+            lines,
+            where,
+            refresh=refresh,
+            skip_invalid=skip_invalid,
+            backfill=backfill,
+            progress=progress,
         )
-    for problem in parsed.errors:
+    for problem in got.errors:
         click.echo(f"skipped: {problem}", err=True)
-    if not parsed.keys:
-        raise errors.InputError("no ids given")
-    return parsed.keys
+    if got.bad_lines > len(got.errors):
+        click.echo(f"skipped: ... and {got.bad_lines - len(got.errors)} more", err=True)
+    return got
 
 
 def _id_options(f: F) -> F:
@@ -98,12 +131,18 @@ def enqueue(
 ) -> None:
     """Queue ids to fetch: IDS as arguments, --file F, or - for stdin."""
     from etl import app
-    from etl.db import queue
 
-    keys = _read_ids(api, _kind(api, id_kind), ids, file, skip_invalid)
     with app.database(state.settings) as engine, engine.begin() as conn:
-        added = queue.enqueue(conn, api, _kind(api, id_kind), keys, refresh=refresh)
-    click.echo(f"enqueued {added} of {len(keys)} ids ({len(keys) - added} already queued)")
+        got = _queue_input(
+            conn,
+            api,
+            _kind(api, id_kind),
+            ids,
+            file,
+            refresh=refresh,
+            skip_invalid=skip_invalid,
+        )
+    click.echo(f"enqueued {got.added} of {got.ids} ids ({got.ids - got.added} already queued)")
 
 
 def _summary(outcome: Any) -> str:
@@ -206,7 +245,6 @@ def backfill(
     if not file:
         raise errors.InputError("backfill needs --file (or --file - for stdin)")
     kind = _kind(api, id_kind)
-    keys = _read_ids(api, kind, (), file, skip_invalid)
 
     async def run() -> Any:
         from rich.progress import (
@@ -221,14 +259,25 @@ def backfill(
         stop = app.stop_on_signals(app.Stopping(state.settings.shutdown_grace_seconds))
         with app.database(state.settings) as engine:
             with engine.begin() as conn:
-                queue.enqueue(conn, api, kind, keys, refresh=refresh)
-                backfill_id, _ = backfills.register(conn, api, kind, keys, file)
+                backfill_id = backfills.begin(conn, api, kind, file)
+                got = _queue_input(
+                    conn,
+                    api,
+                    kind,
+                    (),
+                    file,
+                    refresh=refresh,
+                    skip_invalid=skip_invalid,
+                    backfill=backfill_id,
+                )
+                backfill_id, resumed = backfills.finish(conn, backfill_id, got.fingerprint)
                 states = backfills.states(conn, backfill_id)
+            total = sum(states.values())
             finished = sum(states.get(s, 0) for s in queue.FINAL)
-            todo = len(keys) - finished
+            todo = total - finished
             click.echo(
-                f"backfill {backfill_id}: {len(keys)} ids, {finished} already finished, "
-                f"{todo} to fetch"
+                f"backfill {backfill_id}{' (resumed)' if resumed else ''}: {total} ids, "
+                f"{finished} already finished, {todo} to fetch"
             )
             columns = (
                 TextColumn("[progress.description]{task.description}"),

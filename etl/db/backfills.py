@@ -1,10 +1,10 @@
 """Backfills (``backfills`` / ``backfill_ids``): the ids of one ``etl backfill`` file, so that
 the backfill claims, resumes and counts its own ids, and nothing else, while sharing the queue
-(and the workers) with everything else."""
+(and the workers) with everything else. A backfill is identified by the fingerprint of its ids (in
+order): the same file given again resumes it."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -13,29 +13,21 @@ from sqlalchemy.engine import Connection
 CHUNK = 50_000  # ids per statement
 
 
-def fingerprint(api: str, id_kind: str, keys: Sequence[str]) -> str:
-    """The same set of ids gives the same backfill, whatever their order or the file's name."""
-    digest = hashlib.sha256(f"{api}\n{id_kind}\n".encode())
-    for key in sorted(set(keys)):
-        digest.update(key.encode() + b"\n")
-    return digest.hexdigest()
+def begin(conn: Connection, api: str, id_kind: str, source: str | None) -> int:
+    """A new backfill (its fingerprint is set by :func:`finish` once its ids are read)."""
+    return int(
+        conn.execute(
+            sa.text(
+                "INSERT INTO backfills (api, id_kind, source, ids) VALUES (:api, :kind, :src, 0) "
+                "RETURNING id"
+            ),
+            {"api": api, "kind": id_kind, "src": source},
+        ).scalar_one()
+    )
 
 
-def register(
-    conn: Connection, api: str, id_kind: str, keys: Sequence[str], source: str | None
-) -> tuple[int, bool]:
-    """The backfill of ``keys`` (already queued): (its id, whether it existed before)."""
-    fp = fingerprint(api, id_kind, keys)
-    row = conn.execute(
-        sa.text(
-            "INSERT INTO backfills (api, id_kind, fingerprint, source, ids) "
-            "VALUES (:api, :kind, :fp, :source, :n) ON CONFLICT (api, id_kind, fingerprint) "
-            "DO UPDATE SET last_run_at = now(), source = EXCLUDED.source "
-            "RETURNING id, (xmax <> 0) AS existed"
-        ),
-        {"api": api, "kind": id_kind, "fp": fp, "source": source, "n": len(set(keys))},
-    ).one()
-    backfill_id, existed = int(row[0]), bool(row[1])
+def add(conn: Connection, backfill_id: int, api: str, id_kind: str, keys: Sequence[str]) -> None:
+    """Make the queued ``keys`` part of the backfill."""
     for start in range(0, len(keys), CHUNK):
         conn.execute(
             sa.text(
@@ -50,7 +42,36 @@ def register(
                 "keys": list(keys[start : start + CHUNK]),
             },
         )
-    return backfill_id, existed
+
+
+def finish(conn: Connection, backfill_id: int, fingerprint: str) -> tuple[int, bool]:
+    """Seal the backfill with the fingerprint of its ids: when a backfill of the same ids exists
+    (the same command run again), this one is folded into it. Returns (its id, resumed)."""
+    existing = conn.execute(
+        sa.text(
+            "SELECT o.id FROM backfills o JOIN backfills n ON n.id = :b "
+            "WHERE o.api = n.api AND o.id_kind = n.id_kind AND o.fingerprint = :fp"
+        ),
+        {"b": backfill_id, "fp": fingerprint},
+    ).scalar_one_or_none()
+    if existing is not None:
+        conn.execute(
+            sa.text(
+                "INSERT INTO backfill_ids (backfill_id, queue_id) SELECT :old, queue_id "
+                "FROM backfill_ids WHERE backfill_id = :b ON CONFLICT DO NOTHING"
+            ),
+            {"old": existing, "b": backfill_id},
+        )
+        conn.execute(sa.text("DELETE FROM backfills WHERE id = :b"), {"b": backfill_id})
+        backfill_id = int(existing)
+    conn.execute(
+        sa.text(
+            "UPDATE backfills SET fingerprint = :fp, last_run_at = now(), ids = "
+            "(SELECT count(*) FROM backfill_ids WHERE backfill_id = :b) WHERE id = :b"
+        ),
+        {"b": backfill_id, "fp": fingerprint},
+    )
+    return backfill_id, existing is not None
 
 
 def states(conn: Connection, backfill_id: int) -> dict[str, int]:

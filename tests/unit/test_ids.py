@@ -56,3 +56,11 @@ def test_omni_csv_with_optional_header() -> None:
 
 def test_bom_is_ignored() -> None:
     assert ids.parse(["\ufeff123"], "wdk", "biz").keys == ["123"]
+
+
+def test_chunks_stream_a_long_input_in_bounded_pieces() -> None:
+    lines = (str(500_000_000_000_000 + i) for i in range(25_000))  # a generator: never a list
+    got = list(ids.chunks(lines, "wdk", "biz", "big.txt", size=10_000))
+    assert [len(c.keys) for c in got] == [10_000, 10_000, 5_000]
+    assert got[-1].lines == 25_000
+    assert got[1].keys[0] == str(500_000_000_000_000 + 10_000)
