@@ -17,6 +17,8 @@ from etl.db import migrate, runs
 from etl.pipeline import DrainResult, Progress, Syncer
 from etl.settings import Settings
 from etl.top.client import TopClient
+from etl.top.quota import SharedQuota
+from etl.top.ratelimit import FlowControl
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,28 @@ def database(settings: Settings, *, auto_migrate: bool = False) -> Iterator[Engi
         yield engine
     finally:
         engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def top_client(settings: Settings, engine: Engine, role: str) -> AsyncIterator[TopClient]:
+    """A TopClient whose pace is this process's share of the app key's quota, held as a lease in
+    the database (``etl.top.quota``) for as long as the block runs."""
+    from etl.db.quota import PostgresLeaseStore
+
+    shared_quota = SharedQuota(
+        PostgresLeaseStore(engine),
+        settings.top_app_key,
+        settings.top_qps,
+        role=role,
+        daily_budget=settings.top_daily_budget,
+    )
+    await shared_quota.start()
+    try:
+        flow = FlowControl(settings.top_qps, settings.concurrency, pacing=shared_quota)
+        async with TopClient(settings, flow=flow) as client:
+            yield client
+    finally:
+        await shared_quota.close()
 
 
 @dataclass
@@ -96,20 +120,17 @@ async def drain_once(
     """One run of ``kind`` that drains the queue and records itself in sync_runs."""
     stop = stop or asyncio.Event()
     async with run_record(engine, kind) as run_id:
-        own_client = client is None
-        top = client or TopClient(settings)
         try:
-            if own_client:
-                await top.__aenter__()
-            syncer = Syncer(settings, engine, top, run_id, progress=progress)
-            result = await syncer.drain(stop, wait_for_retries=wait_for_retries)
+            async with contextlib.AsyncExitStack() as stack:
+                top = client
+                if top is None:
+                    top = await stack.enter_async_context(top_client(settings, engine, kind))
+                syncer = Syncer(settings, engine, top, run_id, progress=progress)
+                result = await syncer.drain(stop, wait_for_retries=wait_for_retries)
         except BaseException:
             with engine.begin() as conn:
                 runs.finish(conn, run_id, runs.RunCounters(), "failed", "crashed")
             raise
-        finally:
-            if own_client:
-                await top.close()
         syncer.quality.report()
         status = finish_run(engine, run_id, result, stop.is_set())
     return RunOutcome(run_id, result, status)

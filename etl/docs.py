@@ -43,6 +43,8 @@ DOCUMENTED = (
     t.sync_queue,
     t.sync_runs,
     t.top_bans,
+    t.top_quota_leases,
+    t.top_quota_days,
 )
 
 

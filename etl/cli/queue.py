@@ -197,7 +197,7 @@ def backfill(
         app.stop_on_signals(stop)
         with app.database(state.settings) as engine:
             with engine.begin() as conn:
-                queue.enqueue(conn, api, kind, keys, refresh=refresh)
+                queue.enqueue(conn, api, kind, keys, refresh=refresh, priority=queue.PRIORITY_BULK)
                 states = queue.states_of(conn, api, kind, keys)
             finished = sum(states.get(s, 0) for s in queue.FINAL)
             todo = len(keys) - finished
@@ -251,7 +251,6 @@ def worker(state: State, /, metrics_port: int | None) -> None:
 
     from etl import app, metrics
     from etl.scheduler import Worker
-    from etl.top.client import TopClient
 
     if metrics_port:
         metrics.serve(metrics_port)
@@ -260,7 +259,7 @@ def worker(state: State, /, metrics_port: int | None) -> None:
         with app.database(state.settings) as engine:
             async with (
                 app.run_record(engine, "worker") as run_id,
-                TopClient(state.settings) as client,
+                app.top_client(state.settings, engine, "worker") as client,
             ):
                 w = Worker(state.settings, engine, client, run_id)
                 app.stop_on_signals(w.stop)

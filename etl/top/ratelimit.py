@@ -1,7 +1,8 @@
 """Flow control shared by every caller of one app key in the process.
 
 * a token bucket at ``qps`` calls per second (burst of one: calls are spaced evenly, so a gateway
-  counting per second never sees more than it allows);
+  counting per second never sees more than it allows) — or, with a :class:`PacingSource` (the
+  app key's quota shared between processes, :mod:`etl.top.quota`), at this process's share of it;
 * a concurrency cap (calls in flight);
 * a ban gate: when the platform bans the app key, every caller waits until the ban ends.
 
@@ -13,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -40,13 +43,25 @@ class TokenBucket:
         self._next = clock()
         self._lock = asyncio.Lock()
 
-    async def acquire(self) -> None:
+    def set_rate(self, rate: float) -> None:
+        """Pace the next reservations at ``rate`` (slots already reserved keep their time)."""
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        if rate != self.rate:
+            self.rate = rate
+            self._interval = 1.0 / rate
+
+    async def acquire(self) -> bool:
+        """Wait for the next slot; True when the caller had to queue behind an earlier one (the
+        callers want more than the rate)."""
         async with self._lock:
             now = self._clock()
+            queued = self._next > now
             slot = max(self._next, now)
             self._next = slot + self._interval
         if slot > now:
             await self._sleep(slot - now)
+        return queued
 
 
 class BanGate:
@@ -71,8 +86,49 @@ class BanGate:
             await self._sleep(left)
 
 
+class Share(Protocol):
+    @property
+    def rate(self) -> float: ...  # calls per second to pace at
+
+    @property
+    def per_second(self) -> int: ...  # most calls in any sliding second
+
+
+class PacingSource(Protocol):
+    """Where this process's rate comes from when the quota is shared with other processes.
+
+    ``acquire_share`` waits until a call may go and returns the share to pace at; it raises
+    ``errors.RateLimited`` (like a long ban) when the app key must stop, e.g. near its daily
+    budget. ``note_call`` counts each call that went (``waited``: it queued on the rate).
+    """
+
+    async def acquire_share(self) -> Share: ...
+
+    def note_call(self, waited: bool) -> None: ...
+
+
+class SlidingWindow:
+    """At most ``limit`` calls in any second of this process's clock. The bucket's even spacing
+    keeps to it already; this catches a late wake-up followed by an on-time one."""
+
+    def __init__(self, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._times: deque[float] = deque()
+
+    async def wait(self, limit: int) -> None:
+        while True:
+            now = self._clock()
+            while self._times and self._times[0] <= now - 1.0:
+                self._times.popleft()
+            if len(self._times) < max(1, limit):
+                self._times.append(now)
+                return
+            await self._sleep(self._times[0] + 1.0 - now + 1e-4)
+
+
 class FlowControl:
-    """Token bucket + concurrency cap + ban gate for one app key."""
+    """Token bucket + concurrency cap + ban gate for one app key (+ a shared quota's pacing)."""
 
     def __init__(
         self,
@@ -80,9 +136,12 @@ class FlowControl:
         concurrency: int,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        pacing: PacingSource | None = None,
     ) -> None:
         self.bucket = TokenBucket(qps, clock=clock, sleep=sleep)
         self.gate = BanGate(clock=clock, sleep=sleep)
+        self.pacing = pacing
+        self.window = SlidingWindow(clock=clock, sleep=sleep)
         self._slots = asyncio.Semaphore(concurrency)
 
     @asynccontextmanager
@@ -93,7 +152,14 @@ class FlowControl:
         """
         async with self._slots:
             await self._wait_ban(max_ban_wait)
-            await self.bucket.acquire()
+            if self.pacing is None:
+                await self.bucket.acquire()
+            else:
+                share = await self.pacing.acquire_share()
+                self.bucket.set_rate(share.rate)
+                waited = await self.bucket.acquire()
+                await self.window.wait(share.per_second)
+                self.pacing.note_call(waited)
             await self._wait_ban(max_ban_wait)  # a ban may have begun while we queued
             yield
 
