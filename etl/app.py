@@ -54,6 +54,7 @@ async def top_client(settings: Settings, engine: Engine, role: str) -> AsyncIter
         settings.top_qps,
         role=role,
         daily_budget=settings.top_daily_budget,
+        headroom=settings.top_quota_headroom,
     )
     await shared_quota.start()
     try:

@@ -74,6 +74,12 @@ class Settings(BaseModel):
         le=10_000,
         description="the app key's calls per second, shared by every process on the database",
     )
+    top_quota_headroom: float = Field(
+        0.025,
+        ge=0,
+        le=0.5,
+        description="share of the quota left unused as slack for timing jitter (0.025 = 2.5%)",
+    )
     top_daily_budget: int = Field(
         0,
         ge=0,

@@ -320,6 +320,7 @@ sync_queue = sa.Table(
         "api",
         "priority",
         "next_attempt_at",
+        "id",
         postgresql_where=sa.text("state IN ('pending', 'failed')"),
     ),
     comment="ids to fetch: one row per (api, id kind, key)",

@@ -5,11 +5,11 @@ lease row in a store (Postgres, :mod:`etl.db.quota`) saying how many units it ma
 the lease every ``RENEW_SECONDS`` and the lease lapses ``LEASE_SECONDS`` after its last renewal.
 Why the sum of all processes never exceeds the quota in any one-second window:
 
-* **Whole units.** A process granted ``g`` units paces its calls evenly at ``g * (1 - HEADROOM)``
+* **Whole units.** A process granted ``g`` units paces its calls evenly at ``g * (1 - headroom)``
   per second and never lets more than ``g`` calls go in any sliding second of its own clock. An
   evenly spaced series at a rate below ``g`` puts at most ``g`` calls in any one-second window
-  (``HEADROOM`` leaves ~25 ms of slack for scheduling jitter), so N processes put at most
-  ``sum(g_i) <= quota`` calls in it. (Fractional shares would not add up: two processes at 7.5/s
+  (a headroom ``h`` leaves about ``h`` seconds of slack for a call delayed on its way, e.g. 25 ms
+  at the default 0.025), so N processes put at most ``sum(g_i) <= quota`` calls in it. (Fractional shares would not add up: two processes at 7.5/s
   can each put 8 calls in the same second.)
 * **A unit is granted only from units no unexpired lease counts.** Renewals of one app key are
   serialised (an advisory lock) and a holder grows only into ``total - sum(units + releasing)``.
@@ -56,7 +56,7 @@ RENEW_SECONDS = 1.0  # how often a holder renews its lease (one transaction)
 LEASE_SECONDS = 3.0  # a lease lapses this long after its last renewal
 RELEASE_GRACE = 2.0  # units given back stay counted this long (> 1 s window + paced calls)
 DEAD_GRACE = 1.2  # a lease of a process found dead on this host lapses this long after
-HEADROOM = 0.025  # pace at (1 - HEADROOM) of the granted units: slack for jitter
+HEADROOM = 0.025  # default: pace at (1 - headroom) of the granted units, slack for jitter
 BUDGET_SUB_CODE = "etl.daily-budget"
 
 Clock = Callable[[], float]
@@ -114,11 +114,13 @@ def decide(me: str, current: int, holdings: list[Holding], total: int) -> Decisi
 
 def demand(total: int, granted: int, calls: int, seconds: float, waited: bool) -> int:
     """Units a holder asks for: all of them when its callers waited on the rate (or it had none);
-    otherwise a little above what it used, at least one (an idle holder asks for little)."""
+    otherwise a little above what it used, at least one (an idle holder asks for little). It
+    gives back at most half of its grant per renewal, so a pause of a second or two (a short
+    ban, a slow commit, the gap between two polls) does not throw its share away."""
     if waited:
         return total
     used = calls / max(seconds, 1e-3)
-    return max(1, min(total, math.ceil(used * 1.25) + 1))
+    return max(1, min(total, max(math.ceil(used * 1.25) + 1, granted // 2)))
 
 
 def seconds_to_china_midnight(now: datetime | None = None) -> float:
@@ -186,6 +188,7 @@ class SharedQuota:
         *,
         role: str = "client",
         daily_budget: int = 0,
+        headroom: float = HEADROOM,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         renew_seconds: float = RENEW_SECONDS,
@@ -197,6 +200,7 @@ class SharedQuota:
         self.total = total_units(quota)
         self.role = role
         self.daily_budget = daily_budget
+        self.headroom = headroom
         self.holder = holder_id()
         self._clock = clock
         self._sleep = sleep
@@ -293,7 +297,7 @@ class SharedQuota:
 
     def share(self) -> Share:
         units = self.fallback_units() if self.outage else self._live_units()
-        return Share(rate=units * (1 - HEADROOM), per_second=units)
+        return Share(rate=units * (1 - self.headroom), per_second=units)
 
     def _live_units(self) -> int:
         if self._clock() > self._valid_until:  # renewals are late: stop relying on the grant

@@ -26,10 +26,14 @@ Sleep = Callable[[float], Awaitable[None]]
 class TokenBucket:
     """Grants one call every ``1/rate`` seconds, with no burst (virtual scheduling).
 
-    Each caller reserves the next slot under a lock and sleeps until it. Slots advance by exact
-    intervals, so a late wake-up does not lower the long-run rate; after an idle spell the first
-    caller goes at once and the next one a full interval later (never a burst).
+    Callers take turns (a FIFO lock) and the one at the head sleeps until its slot. Slots advance
+    by exact intervals, so a late wake-up does not lower the long-run rate; after an idle spell
+    the first caller goes at once and the next one a full interval later (never a burst). The
+    head re-reads the rate at least every ``MAX_NAP`` seconds, so a new rate (a shared quota's
+    grant changing) applies at once instead of after slots reserved at the old one.
     """
+
+    MAX_NAP = 0.1
 
     def __init__(
         self, rate: float, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
@@ -40,11 +44,11 @@ class TokenBucket:
         self._interval = 1.0 / rate
         self._clock = clock
         self._sleep = sleep
-        self._next = clock()
+        self._last = clock() - self._interval  # the previous slot
         self._lock = asyncio.Lock()
 
     def set_rate(self, rate: float) -> None:
-        """Pace the next reservations at ``rate`` (slots already reserved keep their time)."""
+        """Pace the next slots at ``rate``."""
         if rate <= 0:
             raise ValueError("rate must be positive")
         if rate != self.rate:
@@ -52,15 +56,19 @@ class TokenBucket:
             self._interval = 1.0 / rate
 
     async def acquire(self) -> bool:
-        """Wait for the next slot; True when the caller had to queue behind an earlier one (the
-        callers want more than the rate)."""
+        """Wait for the next slot; True when the caller had to queue (the callers want more than
+        the rate)."""
+        queued = self._lock.locked()
         async with self._lock:
-            now = self._clock()
-            queued = self._next > now
-            slot = max(self._next, now)
-            self._next = slot + self._interval
-        if slot > now:
-            await self._sleep(slot - now)
+            while True:
+                now = self._clock()
+                slot = self._last + self._interval
+                if slot <= now:
+                    break
+                queued = True
+                await self._sleep(min(slot - now, self.MAX_NAP))
+            # late by less than an interval: keep the exact grid; idle longer: restart from now
+            self._last = slot if now - slot < self._interval else now
         return queued
 
 

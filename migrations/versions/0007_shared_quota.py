@@ -36,7 +36,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_sync_queue_due_priority",
         "sync_queue",
-        ["api", "priority", "next_attempt_at"],
+        ["api", "priority", "next_attempt_at", "id"],
         unique=False,
         postgresql_where=sa.text("state IN ('pending', 'failed')"),
     )
