@@ -9,8 +9,9 @@ Why the sum of all processes never exceeds the quota in any one-second window:
   per second and never lets more than ``g`` calls go in any sliding second of its own clock. An
   evenly spaced series at a rate below ``g`` puts at most ``g`` calls in any one-second window
   (a headroom ``h`` leaves about ``h`` seconds of slack for a call delayed on its way, e.g. 25 ms
-  at the default 0.025), so N processes put at most ``sum(g_i) <= quota`` calls in it. (Fractional shares would not add up: two processes at 7.5/s
-  can each put 8 calls in the same second.)
+  at the default 0.025), so N processes put at most ``sum(g_i) <= quota`` calls in it.
+  (Fractional shares would not add up: two processes at 7.5/s can each put 8 calls in the same
+  second.)
 * **A unit is granted only from units no unexpired lease counts.** Renewals of one app key are
   serialised (an advisory lock) and a holder grows only into ``total - sum(units + releasing)``.
 * **Hand-over keeps a grace.** A holder that shrinks applies its smaller share locally at once,
