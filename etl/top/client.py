@@ -23,7 +23,7 @@ import orjson
 from etl import chinatime, errors
 from etl.settings import Settings
 from etl.top import envelope, signing
-from etl.top.ratelimit import BanTooLong, FlowControl, shared
+from etl.top.ratelimit import BanTooLong, FlowControl, Ticket, shared
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,10 @@ class TopClient:
             )
             connector = aiohttp.TCPConnector(limit=max(8, s.concurrency * 2), ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
-                timeout=timeout, connector=connector, headers={"User-Agent": USER_AGENT}
+                timeout=timeout,
+                connector=connector,
+                headers={"User-Agent": USER_AGENT},
+                trace_configs=[_on_the_wire()],
             )
         _ = self.flow
         return self
@@ -171,8 +174,8 @@ class TopClient:
         clock_retried = False
         while True:
             try:
-                async with self.flow.slot(max_ban_wait=s.top_ban_threshold):
-                    return await self._once(method, business)
+                async with self.flow.slot(max_ban_wait=s.top_ban_threshold) as ticket:
+                    return await self._once(method, business, ticket)
             except BanTooLong as exc:
                 raise errors.RateLimited(
                     "app key is banned (flow control)", retry_after=exc.remaining, method=method
@@ -202,14 +205,18 @@ class TopClient:
                 log.debug("retrying after %.2fs", delay, extra=_err_context(exc, attempt))
                 await asyncio.sleep(delay)
 
-    async def _once(self, method: str, business: Mapping[str, Any]) -> dict[str, Any]:
+    async def _once(
+        self, method: str, business: Mapping[str, Any], ticket: Ticket | None = None
+    ) -> dict[str, Any]:
         if self._session is None:
             raise RuntimeError("use TopClient as an async context manager")
         params = build_params(method, business, self.settings)
         self.stats.calls += 1
         started = time.monotonic()
         try:
-            async with self._session.post(self.settings.top_url, data=params) as resp:
+            async with self._session.post(
+                self.settings.top_url, data=params, trace_request_ctx=ticket
+            ) as resp:
                 body = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -234,6 +241,22 @@ class TopClient:
             extra={"method": method, "request_id": envelope.request_id(payload), "ms": elapsed_ms},
         )
         return payload
+
+
+def _on_the_wire() -> aiohttp.TraceConfig:
+    """Tells a call's :class:`Ticket` when its request body is written to the socket: the
+    shared quota's one-second window counts calls from then."""
+
+    async def chunk_sent(
+        session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestChunkSentParams
+    ) -> None:
+        ticket = ctx.trace_request_ctx
+        if isinstance(ticket, Ticket):
+            ticket.sent()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_chunk_sent.append(chunk_sent)
+    return trace
 
 
 def _err_context(exc: errors.TopError, attempt: int | None = None) -> dict[str, Any]:

@@ -115,24 +115,53 @@ class PacingSource(Protocol):
     def note_call(self, waited: bool) -> None: ...
 
 
+class Ticket:
+    """One call's place in the :class:`SlidingWindow`: pending until its request is on the wire."""
+
+    __slots__ = ("done", "window")
+
+    def __init__(self, window: SlidingWindow | None) -> None:
+        self.window = window
+        self.done = window is None
+
+    def sent(self) -> None:
+        """The request was written to the socket (an aiohttp trace hook calls this)."""
+        if not self.done and self.window is not None:
+            self.done = True
+            self.window.record_sent()
+
+    def finish(self) -> None:
+        self.sent()  # never marked (failed early, or no hook): count it now, to be safe
+
+
 class SlidingWindow:
-    """At most ``limit`` calls in any second of this process's clock. The bucket's even spacing
-    keeps to it already; this catches a late wake-up followed by an on-time one."""
+    """At most ``limit`` calls on the wire in any second of this process's clock.
+
+    Calls are counted when their request is written to the socket, not when the rate let them go:
+    a process that stalls between the two (a busy machine) would otherwise put more calls into a
+    second than it counted. A call let go but not yet written counts as written now.
+    """
 
     def __init__(self, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
         self._clock = clock
         self._sleep = sleep
         self._times: deque[float] = deque()
+        self._pending = 0
 
-    async def wait(self, limit: int) -> None:
+    async def wait(self, limit: int) -> Ticket:
         while True:
             now = self._clock()
             while self._times and self._times[0] <= now - 1.0:
                 self._times.popleft()
-            if len(self._times) < max(1, limit):
-                self._times.append(now)
-                return
-            await self._sleep(self._times[0] + 1.0 - now + 1e-4)
+            if len(self._times) + self._pending < max(1, limit):
+                self._pending += 1
+                return Ticket(self)
+            wait = self._times[0] + 1.0 - now + 1e-4 if self._times else 0.01
+            await self._sleep(wait)
+
+    def record_sent(self) -> None:
+        self._pending -= 1
+        self._times.append(self._clock())
 
 
 class FlowControl:
@@ -153,23 +182,27 @@ class FlowControl:
         self._slots = asyncio.Semaphore(concurrency)
 
     @asynccontextmanager
-    async def slot(self, max_ban_wait: float = float("inf")) -> AsyncIterator[None]:
+    async def slot(self, max_ban_wait: float = float("inf")) -> AsyncIterator[Ticket]:
         """Hold a concurrency slot for one call, after the ban (if any) and a rate token.
 
         Raises :class:`BanTooLong` instead of waiting out a ban longer than ``max_ban_wait``.
         """
         async with self._slots:
             await self._wait_ban(max_ban_wait)
+            ticket = Ticket(None)
             if self.pacing is None:
                 await self.bucket.acquire()
             else:
                 share = await self.pacing.acquire_share()
                 self.bucket.set_rate(share.rate)
                 waited = await self.bucket.acquire()
-                await self.window.wait(share.per_second)
+                ticket = await self.window.wait(share.per_second)
                 self.pacing.note_call(waited)
-            await self._wait_ban(max_ban_wait)  # a ban may have begun while we queued
-            yield
+            try:
+                await self._wait_ban(max_ban_wait)  # a ban may have begun while we queued
+                yield ticket
+            finally:
+                ticket.finish()
 
     async def _wait_ban(self, max_wait: float) -> None:
         left = self.gate.remaining()
