@@ -111,6 +111,41 @@ def status(state: State, /, n_runs: int) -> None:
             ],
         )
 
+    # ---- shared quota (issue 12): per app key, the quota, the rate in use now, the processes
+    # holding shares, and the calls today against the daily budget. Kept apart on purpose.
+    from etl.db import quota as db_quota
+
+    with app.database(state.settings) as engine, engine.begin() as conn:
+        shares = db_quota.status(
+            conn, {state.settings.top_app_key: state.settings.top_daily_budget}
+        )
+    for key in shares:
+        quota_text = f"{key['quota']:g} calls/s" if key["quota"] else "no process holds a share"
+        budget = f" of a budget of {key['daily_budget']}" if key["daily_budget"] else ""
+        click.echo(
+            f"\nquota of app key {key['app_key']}: {quota_text}; in use {key['rate']:.1f} "
+            f"calls/s ({key['units']} granted); calls today {key['calls_today']}{budget} "
+            f"(China-time day {key['day']})"
+        )
+        if key["holders"]:
+            _table(
+                "processes holding shares",
+                ["holder", "role", "granted calls/s", "rate", "since", "renewed"],
+                [
+                    [
+                        h["holder"],
+                        h["role"],
+                        h["units"],
+                        round(h["rate"], 1),
+                        h["since"],
+                        h["renewed_at"],
+                    ]
+                    for h in key["holders"]
+                ],
+            )
+    if not shares:
+        click.echo("\nno process holds a share of a quota and no calls today")
+
 
 @main.group()
 def dlq() -> None:

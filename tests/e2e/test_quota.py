@@ -14,6 +14,7 @@ from typing import IO, Any
 import psycopg
 import pytest
 
+from etl.settings import DEMO_APP_KEY
 from etl.simulator import data
 from etl.simulator.server import SimulatorConfig, SimulatorThread
 from tests.helpers import etl_cmd, etl_env
@@ -124,6 +125,11 @@ def test_three_workers_share_the_quota_without_a_ban_and_survivors_take_a_killed
         time.sleep(2)  # the hand-over among the newcomers settles
         steady = _rate(capped, 8)
         assert steady >= 0.9 * QUOTA, f"{steady:.1f} calls/s together"
+        shown = subprocess.run(
+            etl_cmd("status"), env=env, capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+        assert f"quota of app key {DEMO_APP_KEY}: {QUOTA} calls/s" in shown
+        assert shown.count(" worker ") == 3, shown  # the three holders, one row each
         os.kill(procs[0].pid, signal.SIGKILL)
         procs[0].wait(10)
         killed = time.monotonic()
@@ -188,3 +194,30 @@ def test_a_backfill_beside_a_live_worker_does_not_delay_live_ids(
     assert waiting_bulk > 1000
     assert max(float(d) for (d,) in delays) < 1 + 3  # poll_seconds + one batch's calls
     assert capped.counters.bans_started == 0
+
+
+def test_daily_budget_stops_sync_before_the_platform_would_and_status_shows_it(
+    db_url: str, capped: SimulatorThread, tmp_path: Path
+) -> None:
+    # budget 80, minus a reserve of quota x lease (45 calls) for other processes' unreported
+    # calls: this process stops after about 35 calls, with the rest of the ids still queued
+    env = _env(db_url, capped, top_daily_budget=80)
+    _enqueue(env, _ids(400, offset=90_000), tmp_path)
+    run = subprocess.run(
+        etl_cmd("sync"), env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert run.returncode == 3, run.stderr  # like a long ban
+    assert "banned until" in run.stdout
+    calls = capped.counters.calls
+    assert 20 <= calls <= 80 - 45 + 4  # + the calls in flight when the allowance ran out
+    ban = q(db_url, "SELECT sub_code FROM top_bans")
+    assert ban == [("etl.daily-budget",)]
+    pending = q(db_url, "SELECT count(*) FROM sync_queue WHERE state = 'pending'")[0][0]
+    assert pending >= 400 - 2 * calls
+    counted = q(db_url, "SELECT sum(calls) FROM top_quota_days")[0][0]
+    assert counted == calls
+    shown = subprocess.run(
+        etl_cmd("status"), env=env, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert f"calls today {calls} of a budget of 80" in shown
+    assert "etl.daily-budget" in shown
