@@ -340,3 +340,6 @@ class SharedQuota:
         self._calls += 1
         if waited:
             self._waited = True
+
+    def note_blocked(self) -> None:
+        self._waited = True

@@ -107,12 +107,15 @@ class PacingSource(Protocol):
 
     ``acquire_share`` waits until a call may go and returns the share to pace at; it raises
     ``errors.RateLimited`` (like a long ban) when the app key must stop, e.g. near its daily
-    budget. ``note_call`` counts each call that went (``waited``: it queued on the rate).
+    budget. ``note_call`` counts each call that went (``waited``: it queued on the rate);
+    ``note_blocked`` says callers are waiting out a ban (their demand must not look idle).
     """
 
     async def acquire_share(self) -> Share: ...
 
     def note_call(self, waited: bool) -> None: ...
+
+    def note_blocked(self) -> None: ...  # a caller waits out a ban: it still wants to call
 
 
 class Ticket:
@@ -208,6 +211,8 @@ class FlowControl:
         left = self.gate.remaining()
         if left > max_wait:
             raise BanTooLong(left)
+        if left > 0 and self.pacing is not None:
+            self.pacing.note_blocked()
         await self.gate.wait()
 
 
