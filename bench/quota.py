@@ -61,7 +61,7 @@ def _enqueue(env: dict[str, str], n: int) -> None:
 
 def _lower_priority() -> None:
     """Workers run below the simulator: it is the referee, and its arrival times are only true
-    when it is not starved of CPU by the processes it measures (2-core machines)."""
+    when it is not starved of CPU (2-core machines shared with other work)."""
     os.nice(5)
 
 
@@ -175,6 +175,7 @@ def main() -> None:
         "10",
         "--missing-rate",
         "0.5",
+        referee=True,
     ) as url:
         env = _env(db_url, url, a.qps)
         if a.headroom is not None:

@@ -3,7 +3,9 @@ simulator that bans any one-second window over the quota."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -31,7 +33,18 @@ def q(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 def capped() -> Iterator[SimulatorThread]:
     config = SimulatorConfig(qps=QUOTA, ban_seconds=2.0, latency_ms=20, missing_rate=0.3)
     with SimulatorThread(config) as s:
+        _referee_priority(s)
         yield s
+
+
+def _referee_priority(sim: SimulatorThread) -> None:
+    """The simulator stamps each call's arrival when its thread gets to it: starved of CPU by a
+    crowded machine it would stamp late and see calls bunched that were not. It is the referee,
+    so its thread runs at normal priority (a few % of a core) when the system allows it."""
+    native_id = sim._thread.native_id
+    if native_id is not None:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, native_id, 0)
 
 
 def _env(db_url: str, sim: SimulatorThread, **extra: Any) -> dict[str, str]:
@@ -129,7 +142,8 @@ def test_three_workers_share_the_quota_without_a_ban_and_survivors_take_a_killed
             etl_cmd("status"), env=env, capture_output=True, text=True, timeout=60, check=True
         ).stdout
         assert f"quota of app key {DEMO_APP_KEY}: {QUOTA} calls/s" in shown
-        assert shown.count(" worker ") == 3, shown  # the three holders, one row each
+        holders = re.findall(r"^\S+:\d+#\w+\s+worker\s+5\s", shown, flags=re.MULTILINE)
+        assert len(holders) == 3, shown  # the three holders, 5 calls/s each
         os.kill(procs[0].pid, signal.SIGKILL)
         procs[0].wait(10)
         killed = time.monotonic()
