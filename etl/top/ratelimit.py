@@ -67,8 +67,10 @@ class TokenBucket:
                     break
                 queued = True
                 await self._sleep(min(slot - now, self.MAX_NAP))
-            # late by less than an interval: keep the exact grid; idle longer: restart from now
-            self._last = slot if now - slot < self._interval else now
+            # Late by less than an interval: keep to the grid (a late wake-up does not lower the
+            # long-run rate), but never less than half an interval after the previous call, so
+            # callers held up together do not leave in a burst. Idle longer: restart from now.
+            self._last = max(slot, now - self._interval / 2) if now - slot < self._interval else now
         return queued
 
 
