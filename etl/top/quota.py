@@ -50,6 +50,7 @@ from datetime import date, datetime, timedelta
 from typing import Protocol
 
 from etl import chinatime, errors
+from etl.top.ratelimit import HEADROOM
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ RENEW_SECONDS = 1.0  # how often a holder renews its lease (one transaction)
 LEASE_SECONDS = 3.0  # a lease lapses this long after its last renewal
 RELEASE_GRACE = 2.0  # units given back stay counted this long (> 1 s window + paced calls)
 DEAD_GRACE = 1.2  # a lease of a process found dead on this host lapses this long after
-HEADROOM = 0.025  # default: pace at (1 - headroom) of the granted units, slack for jitter
 BUDGET_SUB_CODE = "etl.daily-budget"
 
 Clock = Callable[[], float]

@@ -12,6 +12,7 @@ The clock and sleep are injectable, so the decisions are testable without waitin
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import weakref
 from collections import deque
@@ -169,8 +170,15 @@ class SlidingWindow:
         self._times.append(self._clock())
 
 
+HEADROOM = 0.025  # pace at (1 - HEADROOM) of the allowed rate: slack for calls delayed on their way
+
+
 class FlowControl:
-    """Token bucket + concurrency cap + ban gate for one app key (+ a shared quota's pacing)."""
+    """Token bucket + concurrency cap + ban gate for one app key (+ a shared quota's pacing).
+
+    Without a pacing source the process has ``qps`` to itself: it paces at ``qps`` less the
+    headroom and never puts more than ``floor(qps)`` calls on the wire in any second.
+    """
 
     def __init__(
         self,
@@ -180,9 +188,10 @@ class FlowControl:
         sleep: Sleep = asyncio.sleep,
         pacing: PacingSource | None = None,
     ) -> None:
-        self.bucket = TokenBucket(qps, clock=clock, sleep=sleep)
+        self.bucket = TokenBucket(qps * (1 - HEADROOM), clock=clock, sleep=sleep)
         self.gate = BanGate(clock=clock, sleep=sleep)
         self.pacing = pacing
+        self._per_second = max(1, math.floor(qps + 1e-9))
         self.window = SlidingWindow(clock=clock, sleep=sleep)
         self._slots = asyncio.Semaphore(concurrency)
 
@@ -197,6 +206,7 @@ class FlowControl:
             ticket = Ticket(None)
             if self.pacing is None:
                 await self.bucket.acquire()
+                ticket = await self.window.wait(self._per_second)
             else:
                 share = await self.pacing.acquire_share()
                 self.bucket.set_rate(share.rate)
