@@ -120,12 +120,16 @@ def status(state: State, /, n_runs: int) -> None:
             conn, {state.settings.top_app_key: state.settings.top_daily_budget}
         )
     for key in shares:
-        quota_text = f"{key['quota']:g} calls/s" if key["quota"] else "no process holds a share"
+        in_use = (
+            f"{key['quota']:g} calls/s; in use {key['rate']:.1f} calls/s "
+            f"({key['units']} granted to {len(key['holders'])} process(es))"
+            if key["holders"]
+            else "no process holds a share now"
+        )
         budget = f" of a budget of {key['daily_budget']}" if key["daily_budget"] else ""
         click.echo(
-            f"\nquota of app key {key['app_key']}: {quota_text}; in use {key['rate']:.1f} "
-            f"calls/s ({key['units']} granted); calls today {key['calls_today']}{budget} "
-            f"(China-time day {key['day']})"
+            f"\nquota of app key {key['app_key']}: {in_use}; calls today "
+            f"{key['calls_today']}{budget} (China-time day {key['day']})"
         )
         if key["holders"]:
             _table(

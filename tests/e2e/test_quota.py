@@ -141,7 +141,8 @@ def test_three_workers_share_the_quota_without_a_ban_and_survivors_take_a_killed
         shown = subprocess.run(
             etl_cmd("status"), env=env, capture_output=True, text=True, timeout=60, check=True
         ).stdout
-        assert f"quota of app key {DEMO_APP_KEY}: {QUOTA} calls/s" in shown
+        assert f"quota of app key {DEMO_APP_KEY}: {QUOTA} calls/s; in use" in shown
+        assert "(15 granted to 3 process(es))" in shown
         holders = re.findall(r"^\S+:\d+#\w+\s+worker\s+5\s", shown, flags=re.MULTILINE)
         assert len(holders) == 3, shown  # the three holders, 5 calls/s each
         os.kill(procs[0].pid, signal.SIGKILL)
