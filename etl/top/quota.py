@@ -31,7 +31,8 @@ water-filling (:func:`fair_targets`). A holder above its target gives units back
 renewal; one below grows into free units.
 
 Assumptions: a renewal's answer reaches its process within about a second of the store's commit
-(the grace covers one second of the old rate), and the processes of one host share its clock.
+(the grace covers one second of the old rate). Expiry is judged by the database's clock and
+durations by each process's own monotonic clock, so the machines' clocks need not agree.
 
 A store outage degrades to a safe local rate: the last grant until the lease would lapse, then
 halving every ``LEASE_SECONDS`` down to one unit — never more than the last grant, never zero.
