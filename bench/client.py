@@ -2,7 +2,7 @@
 
     python bench/client.py [--qps 50] [--latency-ms 80] [--seconds 30] [--concurrency 8]
 
-The simulator runs as a separate process with a QPS cap per app key (burst of one second) and
+The simulator runs as a separate process with a QPS cap per app key (a strict sliding second) and
 latency. The client asks for batches of ids for ``--seconds`` seconds. Targets: achieved / cap
 >= 0.95 and 0 bans.
 """

@@ -18,6 +18,8 @@ from etl.db import migrate, queue, runs
 from etl.pipeline import DrainResult, Progress, Syncer
 from etl.settings import Settings
 from etl.top.client import TopClient
+from etl.top.quota import SharedQuota
+from etl.top.ratelimit import FlowControl
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,6 +42,29 @@ def database(settings: Settings, *, auto_migrate: bool = False) -> Iterator[Engi
         yield engine
     finally:
         engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def top_client(settings: Settings, engine: Engine, role: str) -> AsyncIterator[TopClient]:
+    """A TopClient whose pace is this process's share of the app key's quota, held as a lease in
+    the database (``etl.top.quota``) for as long as the block runs."""
+    from etl.db.quota import PostgresLeaseStore
+
+    shared_quota = SharedQuota(
+        PostgresLeaseStore(engine),
+        settings.top_app_key,
+        settings.top_qps,
+        role=role,
+        daily_budget=settings.top_daily_budget,
+        headroom=settings.top_quota_headroom,
+    )
+    await shared_quota.start()
+    try:
+        flow = FlowControl(settings.top_qps, settings.concurrency, pacing=shared_quota)
+        async with TopClient(settings, flow=flow) as client:
+            yield client
+    finally:
+        await shared_quota.close()
 
 
 @dataclass
@@ -206,27 +231,25 @@ async def drain_once(
     if not isinstance(stop, Stopping):
         stop = Stopping(settings.shutdown_grace_seconds, stop=stop or asyncio.Event())
     async with run_record(engine, kind) as run_id:
-        own_client = client is None
-        top = client or TopClient(settings)
         beat = asyncio.create_task(heartbeat(engine, run_id))
         try:
-            if own_client:
-                await top.__aenter__()
-            syncer = Syncer(settings, engine, top, run_id, progress=progress, backfill=backfill)
-            finished, result = await until_done_or_aborted(
-                syncer.drain(stop.stop, wait_for_retries=wait_for_retries), stop.abort
-            )
-            if not finished or result is None:
-                await asyncio.to_thread(release_leases, engine, syncer.worker)
-                result = DrainResult(syncer.counters, syncer.banned_until, syncer.fatal)
+            async with contextlib.AsyncExitStack() as stack:
+                top = client
+                if top is None:
+                    top = await stack.enter_async_context(top_client(settings, engine, kind))
+                syncer = Syncer(settings, engine, top, run_id, progress=progress, backfill=backfill)
+                finished, result = await until_done_or_aborted(
+                    syncer.drain(stop.stop, wait_for_retries=wait_for_retries), stop.abort
+                )
+                if not finished or result is None:
+                    await asyncio.to_thread(release_leases, engine, syncer.worker)
+                    result = DrainResult(syncer.counters, syncer.banned_until, syncer.fatal)
         except BaseException as exc:
             with engine.begin() as conn:  # the counters committed with each batch stay as they are
                 runs.set_status(conn, run_id, "failed", f"crashed: {exc!r}"[:500])
             raise
         finally:
             beat.cancel()
-            if own_client:
-                await top.close()
         syncer.quality.report()
         status = finish_run(engine, run_id, result, stop.stop.is_set())
     return RunOutcome(run_id, result, status)

@@ -50,6 +50,8 @@ DOCUMENTED = (
     t.tmc_latency,
     t.tmc_topics,
     t.tmc_unreadable,
+    t.top_quota_leases,
+    t.top_quota_days,
 )
 
 

@@ -44,6 +44,7 @@ def queue_ids(
     refresh: bool = False,
     skip_invalid: bool = False,
     backfill: int | None = None,
+    priority: int = queue.PRIORITY_LIVE,
     progress: Progress | None = None,
     chunk_size: int = ids.CHUNK,
 ) -> Intake:
@@ -63,7 +64,9 @@ def queue_ids(
             digest.update(key.encode() + b"\n")
         if out.bad_lines and not skip_invalid:
             continue  # keep reading, to say how many lines are bad; nothing will be queued
-        out.added += queue.enqueue(conn, api, id_kind, chunk.keys, refresh=refresh)
+        out.added += queue.enqueue(
+            conn, api, id_kind, chunk.keys, refresh=refresh, priority=priority
+        )
         if backfill is not None:
             backfills.add(conn, backfill, api, id_kind, chunk.keys)
         if progress and time.monotonic() - last_report >= PROGRESS_SECONDS:

@@ -75,7 +75,24 @@ class Settings(BaseModel):
     )
     top_sign_method: SignMethod = Field("hmac-sha256", description="md5, hmac or hmac-sha256")
     top_simplify: bool = Field(True, description="ask for the simplified JSON shape")
-    top_qps: float = Field(10.0, gt=0, le=10_000, description="calls per second per app key")
+    top_qps: float = Field(
+        10.0,
+        gt=0,
+        le=10_000,
+        description="the app key's calls per second, shared by every process on the database",
+    )
+    top_quota_headroom: float = Field(
+        0.025,
+        ge=0,
+        le=0.5,
+        description="share of the quota left unused as slack for timing jitter (0.025 = 2.5%)",
+    )
+    top_daily_budget: int = Field(
+        0,
+        ge=0,
+        le=10**10,
+        description="calls per China-time day for the app key; 0 = no budget",
+    )
     top_timeout: float = Field(30.0, gt=0, le=600, description="read timeout, seconds")
     top_connect_timeout: float = Field(15.0, gt=0, le=600, description="connect timeout, seconds")
     top_max_attempts: int = Field(5, ge=1, le=50, description="tries per call, first included")

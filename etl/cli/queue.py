@@ -58,6 +58,7 @@ def _queue_input(
     refresh: bool,
     skip_invalid: bool,
     backfill: int | None = None,
+    priority: int = 0,
 ) -> Any:
     """Stream the input into the queue (in the caller's transaction); bad lines skipped are
     reported, progress on long inputs goes to stderr."""
@@ -76,6 +77,7 @@ def _queue_input(
             refresh=refresh,
             skip_invalid=skip_invalid,
             backfill=backfill,
+            priority=priority,
             progress=progress,
         )
     for problem in got.errors:
@@ -269,6 +271,7 @@ def backfill(
                     refresh=refresh,
                     skip_invalid=skip_invalid,
                     backfill=backfill_id,
+                    priority=queue.PRIORITY_BULK,
                 )
                 backfill_id, resumed = backfills.finish(conn, backfill_id, got.fingerprint)
                 states = backfills.states(conn, backfill_id)
@@ -332,7 +335,6 @@ def worker(state: State, /, metrics_port: int | None) -> None:
     from etl import app, metrics
     from etl.db import runs
     from etl.scheduler import Worker
-    from etl.top.client import TopClient
 
     if metrics_port:
         metrics.serve(metrics_port)
@@ -345,7 +347,7 @@ def worker(state: State, /, metrics_port: int | None) -> None:
         try:
             async with (
                 app.run_record(engine, "worker") as run_id,
-                TopClient(state.settings) as client,
+                app.top_client(state.settings, engine, "worker") as client,
             ):
                 w = Worker(state.settings, engine, client, run_id, stopping)
                 try:

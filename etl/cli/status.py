@@ -168,6 +168,45 @@ def status(state: State, /, n_runs: int) -> None:
     for line in tmc_lines:
         click.echo(line)
 
+    # ---- shared quota (issue 12): per app key, the quota, the rate in use now, the processes
+    # holding shares, and the calls today against the daily budget. Kept apart on purpose.
+    from etl.db import quota as db_quota
+
+    with app.database(state.settings) as engine, engine.begin() as conn:
+        shares = db_quota.status(
+            conn, {state.settings.top_app_key: state.settings.top_daily_budget}
+        )
+    for key in shares:
+        in_use = (
+            f"{key['quota']:g} calls/s; in use {key['rate']:.1f} calls/s "
+            f"({key['units']} granted to {len(key['holders'])} process(es))"
+            if key["holders"]
+            else "no process holds a share now"
+        )
+        budget = f" of a budget of {key['daily_budget']}" if key["daily_budget"] else ""
+        click.echo(
+            f"\nquota of app key {key['app_key']}: {in_use}; calls today "
+            f"{key['calls_today']}{budget} (China-time day {key['day']})"
+        )
+        if key["holders"]:
+            _table(
+                "processes holding shares",
+                ["holder", "role", "granted calls/s", "rate", "since", "renewed"],
+                [
+                    [
+                        h["holder"],
+                        h["role"],
+                        h["units"],
+                        round(h["rate"], 1),
+                        display(h["since"]),
+                        display(h["renewed_at"]),
+                    ]
+                    for h in key["holders"]
+                ],
+            )
+    if not shares:
+        click.echo("\nno process holds a share of a quota and no calls today")
+
 
 ID_COLUMNS = [
     "api",

@@ -36,15 +36,16 @@ def pull(state: State, /) -> None:
     from etl import app
     from etl.db import runs
     from etl.tmc.consumer import TmcConsumer
-    from etl.top.client import TopClient
 
     settings = state.settings
 
     async def run() -> tuple[Any, str, int]:
-        stop = asyncio.Event()
-        app.stop_on_signals(stop)
+        stop = app.stop_on_signals(app.Stopping(settings.shutdown_grace_seconds)).stop
         with app.database(settings) as engine:
-            async with app.run_record(engine, "tmc") as run_id, TopClient(settings) as client:
+            async with (
+                app.run_record(engine, "tmc") as run_id,
+                app.top_client(settings, engine, "tmc") as client,
+            ):
                 consumer = TmcConsumer(settings, engine, client)
                 status, error, code = "ok", None, EXIT_OK
                 try:

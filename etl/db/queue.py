@@ -68,11 +68,22 @@ class Policy:
         return float(self.not_found_delay * 2 ** max(0, checks - 1))
 
 
+PRIORITY_LIVE = 0  # ids from messages, refreshes of open orders, ids queued by hand
+PRIORITY_BULK = 10  # a backfill: served when no live id is due
+
+
 def enqueue(
-    conn: Connection, api: str, id_kind: str, keys: Sequence[str], *, refresh: bool = False
+    conn: Connection,
+    api: str,
+    id_kind: str,
+    keys: Sequence[str],
+    *,
+    refresh: bool = False,
+    priority: int = PRIORITY_LIVE,
 ) -> int:
-    """Queue ``keys``; an id already queued is left alone, or re-armed (``refresh``) when it has
-    finished. Returns how many rows were added or re-armed."""
+    """Queue ``keys`` at ``priority``; an id already queued is left alone, or re-armed
+    (``refresh``) when it has finished. Returns how many rows were added or re-armed. An id still
+    waiting takes ``priority`` when it is more urgent (lower) than its own."""
     if not keys:
         return 0
     conflict = "DO NOTHING"
@@ -80,21 +91,31 @@ def enqueue(
         conflict = (
             "DO UPDATE SET state = 'pending', attempts = 0, not_found_checks = 0, "
             "next_attempt_at = now(), last_error_class = NULL, last_error = NULL, "
-            "updated_at = now(), done_at = NULL "
+            "updated_at = now(), done_at = NULL, priority = excluded.priority "
             "WHERE sync_queue.state IN ('done', 'not_found', 'dead', 'failed')"
         )
     total = 0
     for start in range(0, len(keys), 50_000):
         chunk = list(keys[start : start + 50_000])
+        params = {"api": api, "kind": id_kind, "keys": chunk, "prio": priority}
         result = conn.execute(
             sa.text(
-                "INSERT INTO sync_queue (api, id_kind, key) "
-                "SELECT :api, :kind, k FROM unnest(CAST(:keys AS text[])) AS k "
+                "INSERT INTO sync_queue (api, id_kind, key, priority) "
+                "SELECT :api, :kind, k, :prio FROM unnest(CAST(:keys AS text[])) AS k "
                 f"ON CONFLICT (api, id_kind, key) {conflict}"
             ),
-            {"api": api, "kind": id_kind, "keys": chunk},
+            params,
         )
         total += result.rowcount
+        if priority < PRIORITY_BULK:  # nothing waits at a priority below bulk's
+            conn.execute(
+                sa.text(
+                    "UPDATE sync_queue SET priority = :prio WHERE api = :api AND id_kind = :kind "
+                    "AND key = ANY(CAST(:keys AS text[])) AND priority > :prio "
+                    "AND state IN ('pending', 'leased', 'failed')"
+                ),
+                params,
+            )
     return total
 
 
@@ -111,15 +132,16 @@ def claim(
     run_id: int | None,
     backfill: int | None = None,
 ) -> list[Item]:
-    """Lease up to ``limit`` due items of ``api`` (and expired leases) — only those of backfill
-    ``backfill`` when given; the caller commits."""
+    """Lease up to ``limit`` due items of ``api`` (and expired leases), most urgent priority
+    first, then the longest due — only those of backfill ``backfill`` when given; the caller
+    commits."""
     rows = conn.execute(
         sa.text(
             "WITH c AS (SELECT id, state AS prior FROM sync_queue WHERE api = :api AND ("
             "  (state IN ('pending', 'failed', 'not_found') AND next_attempt_at <= now())"
             "  OR (state = 'leased' AND leased_until < now()))"
             f"{_IN_BACKFILL if backfill is not None else ''}"
-            " ORDER BY next_attempt_at, id LIMIT :limit FOR UPDATE SKIP LOCKED) "
+            " ORDER BY priority, next_attempt_at, id LIMIT :limit FOR UPDATE SKIP LOCKED) "
             "UPDATE sync_queue q SET state = 'leased', leased_until = now() + make_interval("
             "secs => :lease), leased_by = :worker, run_id = :run, updated_at = now() "
             "FROM c WHERE q.id = c.id "
@@ -360,19 +382,25 @@ def next_due(
 def refresh_open(
     conn: Connection, older_than_seconds: float, final_statuses: Sequence[str], limit: int = 50_000
 ) -> int:
-    """Re-arm wdk orders not in a final state whose last sync is older than the threshold."""
+    """Re-arm wdk orders not in a final state whose last sync is older than the threshold (at
+    live priority: they are today's business)."""
     result = conn.execute(
         sa.text(
-            "INSERT INTO sync_queue (api, id_kind, key) "
-            "SELECT 'wdk', 'biz', o.biz_order_id::text FROM wdk_orders o "
+            "INSERT INTO sync_queue (api, id_kind, key, priority) "
+            "SELECT 'wdk', 'biz', o.biz_order_id::text, :prio FROM wdk_orders o "
             "WHERE NOT (coalesce(o.order_status, '') = ANY(CAST(:final AS text[]))) "
             "AND o.synced_at < now() - make_interval(secs => :age) "
             "ORDER BY o.synced_at LIMIT :limit "
             "ON CONFLICT (api, id_kind, key) DO UPDATE SET state = 'pending', attempts = 0, "
-            "not_found_checks = 0, next_attempt_at = now(), updated_at = now(), done_at = NULL "
-            "WHERE sync_queue.state IN ('done', 'not_found', 'dead')"
+            "not_found_checks = 0, next_attempt_at = now(), updated_at = now(), done_at = NULL, "
+            "priority = excluded.priority WHERE sync_queue.state IN ('done', 'not_found', 'dead')"
         ),
-        {"final": list(final_statuses), "age": older_than_seconds, "limit": limit},
+        {
+            "final": list(final_statuses),
+            "age": older_than_seconds,
+            "limit": limit,
+            "prio": PRIORITY_LIVE,
+        },
     )
     return int(result.rowcount)
 

@@ -297,6 +297,13 @@ sync_queue = sa.Table(
     c("last_error_class", sa.Text, "class of the last error (etl.errors)"),
     c("last_error", sa.Text, "message of the last error"),
     c("run_id", sa.BigInteger, "sync_runs.id of the run that last touched the row"),
+    c(
+        "priority",
+        sa.SmallInteger,
+        "claimed in this order, lower first: 0 live (messages, refreshes, by hand), 10 bulk",
+        nullable=False,
+        server_default="0",
+    ),
     c("enqueued_at", TZ, "first enqueued", nullable=False, server_default=sa.text("now()")),
     c("updated_at", TZ, "last state change", nullable=False, server_default=sa.text("now()")),
     c("done_at", TZ, "when it reached done / not_found / dead"),
@@ -306,6 +313,15 @@ sync_queue = sa.Table(
     ),
     sa.CheckConstraint("api IN ('wdk', 'omni')", name="api"),
     sa.Index(None, "state", "next_attempt_at"),
+    # Serves claim's ORDER BY priority, next_attempt_at over the due rows.
+    sa.Index(
+        "ix_sync_queue_due_priority",
+        "api",
+        "priority",
+        "next_attempt_at",
+        "id",
+        postgresql_where=sa.text("state IN ('pending', 'failed', 'not_found')"),
+    ),
     comment="ids to fetch: one row per (api, id kind, key)",
 )
 
@@ -428,7 +444,7 @@ backfills = sa.Table(
     c("id", sa.BigInteger, "backfill id", primary_key=True, autoincrement=True),
     c("api", sa.Text, "wdk or omni", nullable=False),
     c("id_kind", sa.Text, "the id kind of its ids", nullable=False),
-    c("fingerprint", sa.Text, "sha256 of its sorted ids: the same file resumes the same backfill"),
+    c("fingerprint", sa.Text, "sha256 of its ids in order: the same file given again resumes it"),
     c("source", sa.Text, "the file it was read from (- for stdin)"),
     c("ids", sa.Integer, "how many ids it holds", nullable=False),
     c("created_at", TZ, "first run", nullable=False, server_default=sa.text("now()")),
@@ -530,4 +546,39 @@ READABLE = (
     omni_subpay_orders,
     omni_pay_serials,
     order_archive,
+)
+
+
+top_quota_leases = sa.Table(
+    "top_quota_leases",
+    metadata,
+    c("app_key", sa.Text, "the app key whose quota (top_qps) is shared", primary_key=True),
+    c("holder", sa.Text, "the process holding a share: host:pid#token", primary_key=True),
+    c("role", sa.Text, "worker, sync, backfill, ... (what the process is)", nullable=False),
+    c("quota", sa.Float, "the app key's top_qps as this process reads it", nullable=False),
+    c("units", sa.Integer, "calls per second granted to it", nullable=False, server_default="0"),
+    c(
+        "releasing",
+        sa.Integer,
+        "calls per second it gave back, still counted until release_until",
+        nullable=False,
+        server_default="0",
+    ),
+    c("release_until", TZ, "when the units given back are free for others"),
+    c("demand", sa.Integer, "calls per second it could use", nullable=False, server_default="0"),
+    c("rate", sa.Float, "calls per second it made lately", nullable=False, server_default="0"),
+    c("started_at", TZ, "when it took the lease", nullable=False, server_default=sa.text("now()")),
+    c("renewed_at", TZ, "last renewal", nullable=False, server_default=sa.text("now()")),
+    c("expires_at", TZ, "the lease lapses then unless renewed", nullable=False),
+    comment="shares of each app key's quota held by live processes (short leases, renewed ~1/s)",
+)
+
+top_quota_days = sa.Table(
+    "top_quota_days",
+    metadata,
+    c("app_key", sa.Text, "the app key", primary_key=True),
+    c("day", sa.Date, "China-time (Asia/Shanghai) day", primary_key=True),
+    c("calls", sa.BigInteger, "platform calls made that day", nullable=False, server_default="0"),
+    c("updated_at", TZ, "last count", nullable=False, server_default=sa.text("now()")),
+    comment="platform calls per app key and China-time day (for top_daily_budget)",
 )

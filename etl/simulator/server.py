@@ -11,11 +11,12 @@ happened. ``Simulator`` runs on the caller's event loop; ``SimulatorThread`` on 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -104,23 +105,30 @@ _ESCAPED_CONTROL = orjson.dumps(CONTROL_CHARS)[1:-1]
 
 
 class _AppLimiter:
-    """Token bucket (burst = one second's worth) and the ban state of one app key."""
+    """The QPS cap of one app key as a strict sliding window, and its ban state.
+
+    A call is over the cap when the calls accepted in the second before it (by arrival time,
+    taken before the body is read or any latency is simulated) already number ``qps``: no window
+    of one second, wherever it starts, ever holds more than ``qps`` accepted calls. (A token
+    bucket with a one-second burst would let up to twice that through some windows.)
+    """
 
     def __init__(self, qps: float) -> None:
         self.qps = qps
-        self.tokens = max(1.0, qps)
-        self.updated = time.monotonic()
+        self.accepted: deque[float] = deque()
         self.ban_until = 0.0
         self.ban_sub_code = ""
 
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(max(1.0, self.qps), self.tokens + (now - self.updated) * self.qps)
-        self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+    def take(self, arrived: float) -> bool:
+        if math.isinf(self.qps):
             return True
-        return False
+        while self.accepted and self.accepted[0] <= arrived - 5.0:  # keep a few seconds
+            self.accepted.popleft()
+        in_window = len(self.accepted) - bisect.bisect_right(self.accepted, arrived - 1.0)
+        if in_window + 1 > self.qps:
+            return False
+        bisect.insort(self.accepted, arrived)  # arrivals can be checked slightly out of order
+        return True
 
 
 class Simulator:
@@ -203,6 +211,7 @@ class Simulator:
         return web.json_response({**self.counters.as_dict(), "tmc": self.tmc.counters.as_dict()})
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()  # the QPS cap counts arrivals, not when they are looked at
         self.counters.calls += 1
         params: dict[str, str] = dict(request.query)
         if request.method == "POST":
@@ -227,7 +236,7 @@ class Simulator:
         try:
             self._check(params)
             self._scripted_error(step, params["app_key"])
-            self._flow_control(params["app_key"])
+            self._flow_control(params["app_key"], arrived)
             if self._fault("remote_timeout", step):
                 raise GatewayError(
                     15,
@@ -368,13 +377,13 @@ class Simulator:
                 f"时间戳误差超过10分钟 ({skew:.0f}s)",
             )
 
-    def _flow_control(self, app_key: str) -> None:
+    def _flow_control(self, app_key: str, arrived: float) -> None:
         lim = self._limiter(app_key)
         now = time.monotonic()
         if self.config.quota_ban_rate and self._rng.random() < self.config.quota_ban_rate:
             self.counters.faults["quota_ban"] += 1
             self.ban(self.config.quota_ban_seconds, quota=True, app_key=app_key)
-        elif lim.ban_until <= now and not lim.take():
+        elif lim.ban_until <= arrived and not lim.take(arrived):
             self.ban(self.config.ban_seconds, app_key=app_key)
         if lim.ban_until > now or lim.ban_until > time.monotonic():
             self.counters.bans += 1

@@ -16,7 +16,6 @@ from etl.db import runs
 from etl.pipeline import Syncer
 from etl.settings import Settings
 from etl.tmc.consumer import TmcConsumer
-from etl.top.client import TopClient
 
 if TYPE_CHECKING:
     from etl.simulator.server import Simulator
@@ -37,7 +36,10 @@ async def run(settings: Settings, engine: sa.Engine, sim: Simulator, seconds: fl
     sim.start_stream(seconds)
     stop = asyncio.Event()
     app.stop_on_signals(stop)
-    async with app.run_record(engine, "demo") as run_id, TopClient(s) as client:
+    async with (
+        app.run_record(engine, "demo") as run_id,
+        app.top_client(s, engine, "demo") as client,
+    ):
         syncer = Syncer(s, engine, client, run_id)
         wake = asyncio.Event()
         consumer = TmcConsumer(s, engine, client, on_queued=wake.set)

@@ -23,7 +23,7 @@ import orjson
 from etl import chinatime, errors
 from etl.settings import Settings
 from etl.top import envelope, signing
-from etl.top.ratelimit import BanTooLong, FlowControl, shared
+from etl.top.ratelimit import BanTooLong, FlowControl, Ticket, shared
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -145,7 +145,10 @@ class TopClient:
             )
             connector = aiohttp.TCPConnector(limit=max(8, s.concurrency * 2), ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
-                timeout=timeout, connector=connector, headers={"User-Agent": USER_AGENT}
+                timeout=timeout,
+                connector=connector,
+                headers={"User-Agent": USER_AGENT},
+                trace_configs=[_on_the_wire()],
             )
         _ = self.flow
         return self
@@ -189,10 +192,10 @@ class TopClient:
             try:
                 if self.rejected is not None:
                     raise self.rejected
-                async with self.flow.slot(max_ban_wait=s.top_ban_threshold):
+                async with self.flow.slot(max_ban_wait=s.top_ban_threshold) as ticket:
                     if self.rejected is not None:
                         raise self.rejected
-                    payload = await self._once(method, business)
+                    payload = await self._once(method, business, ticket)
                     return self._parse(method, payload, parse)
             except BanTooLong as exc:
                 raise errors.RateLimited(
@@ -242,14 +245,18 @@ class TopClient:
             self.stats.errors[exc.error_class] += 1
             raise
 
-    async def _once(self, method: str, business: Mapping[str, Any]) -> dict[str, Any]:
+    async def _once(
+        self, method: str, business: Mapping[str, Any], ticket: Ticket | None = None
+    ) -> dict[str, Any]:
         if self._session is None:
             raise RuntimeError("use TopClient as an async context manager")
         params = build_params(method, business, self.settings)
         self.stats.calls += 1
         started = time.monotonic()
         try:
-            async with self._session.post(self.settings.top_url, data=params) as resp:
+            async with self._session.post(
+                self.settings.top_url, data=params, trace_request_ctx=ticket
+            ) as resp:
                 body = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -278,6 +285,22 @@ class TopClient:
 
 def _identity(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
+
+
+def _on_the_wire() -> aiohttp.TraceConfig:
+    """Tells a call's :class:`Ticket` when its request body is written to the socket: the
+    shared quota's one-second window counts calls from then."""
+
+    async def chunk_sent(
+        session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestChunkSentParams
+    ) -> None:
+        ticket = ctx.trace_request_ctx
+        if isinstance(ticket, Ticket):
+            ticket.sent()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_chunk_sent.append(chunk_sent)
+    return trace
 
 
 def _err_context(exc: errors.TopError, attempt: int | None = None) -> dict[str, Any]:

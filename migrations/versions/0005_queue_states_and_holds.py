@@ -167,7 +167,7 @@ def upgrade() -> None:
             "fingerprint",
             sa.Text(),
             nullable=True,
-            comment="sha256 of its sorted ids: the same file resumes the same backfill",
+            comment="sha256 of its ids in order: the same file given again resumes it",
         ),
         sa.Column(
             "source", sa.Text(), nullable=True, comment="the file it was read from (- for stdin)"

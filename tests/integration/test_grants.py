@@ -34,6 +34,8 @@ INTERNAL = (
     "tmc_latency",
     "tmc_topics",
     "tmc_unreadable",
+    "top_quota_leases",
+    "top_quota_days",
     "alembic_version",
 )
 VIEWS = (

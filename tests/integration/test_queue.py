@@ -149,3 +149,45 @@ def test_leases_of_killed_local_processes_are_released(engine: Engine) -> None:
         n = queue.release_dead_local(c, "myhost", alive=lambda pid: pid == 1)
     assert n == 1
     assert _states(engine) == {"pending": 1, "leased": 2}
+
+
+def test_claims_serve_live_priority_before_bulk_and_live_requeue_upgrades(engine: Engine) -> None:
+    bulk = [str(i) for i in range(100, 160)]
+    with engine.begin() as c:
+        queue.enqueue(c, "wdk", "biz", bulk, priority=queue.PRIORITY_BULK)
+    time.sleep(0.01)  # the live ids fall due after the backlog: priority, not age, puts them first
+    with engine.begin() as c:
+        queue.enqueue(c, "wdk", "biz", ["7", "8"])
+        assert queue.enqueue(c, "wdk", "biz", ["150"]) == 0  # already queued: only more urgent
+        first = queue.claim(c, "wdk", 3, 60, "w1", None)
+    assert {i.key for i in first} == {"7", "8", "150"}
+    with engine.begin() as c:
+        rest = queue.claim(c, "wdk", 100, 60, "w1", None)
+        queue.ack(c, [queue.Outcome(i, "done") for i in first + rest], POLICY, "w1")
+        # a bulk enqueue never makes a waiting live id less urgent, and a refresh re-arms a
+        # finished id at the priority it is asked for
+        queue.enqueue(c, "wdk", "biz", ["9"])
+        queue.enqueue(c, "wdk", "biz", ["9"], priority=queue.PRIORITY_BULK)
+        queue.enqueue(c, "wdk", "biz", ["7"], refresh=True, priority=queue.PRIORITY_BULK)
+        prios = dict(
+            c.execute(sa.text("SELECT key, priority FROM sync_queue WHERE key IN ('7', '9')")).all()
+        )
+    assert prios == {"9": queue.PRIORITY_LIVE, "7": queue.PRIORITY_BULK}
+    assert len(rest) == len(bulk) - 1
+
+
+def test_claim_uses_the_due_priority_index(engine: Engine) -> None:
+    with engine.begin() as c:
+        queue.enqueue(c, "wdk", "biz", [str(i) for i in range(20_000)], priority=10)
+        c.execute(sa.text("ANALYZE sync_queue"))
+        plan = "\n".join(
+            r[0]
+            for r in c.execute(
+                sa.text(
+                    "EXPLAIN SELECT id FROM sync_queue WHERE api = 'wdk' "
+                    "AND state IN ('pending', 'failed') AND next_attempt_at <= now() "
+                    "ORDER BY priority, next_attempt_at, id LIMIT 50"
+                )
+            )
+        )
+    assert "ix_sync_queue_due_priority" in plan

@@ -6,7 +6,7 @@ import asyncio
 import random
 
 from etl.top.client import backoff
-from etl.top.ratelimit import BanGate, FlowControl, TokenBucket, shared
+from etl.top.ratelimit import BanGate, FlowControl, SlidingWindow, TokenBucket, shared
 
 
 class FakeClock:
@@ -78,3 +78,39 @@ def test_backoff_is_full_jitter_and_capped() -> None:
         values = [backoff(attempt, 0.5, 30.0, rng) for _ in range(200)]
         assert all(0 <= v <= ceiling for v in values)
         assert max(values) > ceiling * 0.8  # really spread over the whole range
+
+
+async def test_bucket_applies_a_new_rate_at_once() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(1.0, clock=clock, sleep=clock.sleep)
+    await bucket.acquire()
+    start = clock.t
+    waiting = asyncio.ensure_future(bucket.acquire())
+    await asyncio.sleep(0)
+    bucket.set_rate(10.0)  # a larger share arrives while a caller waits for the old slot
+    assert await waiting is True  # it had to wait: the callers want more than the rate
+    assert clock.t - start < 0.11
+
+
+async def test_bucket_lets_callers_held_up_together_go_at_half_intervals() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(10.0, clock=clock, sleep=clock.sleep)
+    await bucket.acquire()
+    clock.t += 0.15  # the next caller wakes up 50 ms after its slot...
+    await bucket.acquire()
+    before = clock.t
+    await bucket.acquire()  # ...the one after it keeps the grid, but not closer than 50 ms
+    assert abs(clock.t - before - 0.05) < 1e-9
+
+
+async def test_window_counts_calls_once_on_the_wire_and_pending_ones_as_now() -> None:
+    clock = FakeClock()
+    window = SlidingWindow(clock=clock, sleep=clock.sleep)
+    first = await window.wait(2)
+    second = await window.wait(2)
+    start = clock.t
+    clock.t += 0.5
+    first.sent()
+    second.finish()  # never marked as sent: counted when the call ended
+    await window.wait(2)
+    assert abs(clock.t - (start + 1.5)) < 1e-3  # a second after they went on the wire
