@@ -1,7 +1,9 @@
 """Claim latency at any backlog: the claim statement with 10k, 1M (and, with --sizes, 10M) ids
 queued, against the single-statement claim it replaced (same rows, same result), in one run.
 
-    python bench/claims.py   (not bench/queue.py: that name would shadow the standard library) [--sizes 10000,1000000] [--claims 60] [--batch 80]
+    python bench/claims.py [--sizes 10000,1000000] [--claims 60] [--batch 80]
+
+(Not bench/queue.py: run as a script, that name would shadow the standard library's queue.)
 
 Each claim leases `--batch` due ids of one api (the wdk queue at bulk priority, a live id or two
 in front) and is rolled back, so every claim sees the same queue. Prints p50 / p95 in ms.
