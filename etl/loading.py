@@ -1,0 +1,212 @@
+"""The overlapped load path: digest → hash check → normalize (another process) → load.
+
+Used by ``etl load`` (captured response bodies), ``etl replay`` (stored raw JSON), the sync
+loop (:func:`prepare` for the orders a batch fetched) and the benchmarks. For each batch:
+
+1. *digest* (key, canonical content hash, raw JSON text) — no normalization;
+2. look up the stored hashes of the batch's keys (one SELECT) — an unchanged order (same hash)
+   or a stale one (fetched before the stored one) is never normalized;
+3. *normalize + encode* the rest to COPY text in the :class:`~etl.normalize.pool.Normalizer`;
+4. :func:`etl.db.load.load` under its lock (which checks again), then commit.
+
+:func:`run` keeps up to ``depth`` batches between steps 1 and 4, so while the database loads one
+batch the pool normalizes the next ones: the memory held is bounded by ``depth`` batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from etl.db import load
+from etl.db.load import Encoded
+from etl.normalize.pool import Digested, Normalizer, digest_orders, encode_orders
+
+log = logging.getLogger(__name__)
+
+DEPTH = 3  # batches in flight between reading and loading
+
+
+def needs_rows(orders: list[Encoded], stored: dict[Any, tuple[str, datetime]]) -> list[Encoded]:
+    """The orders to normalize: new, or changed and not older than the stored payload."""
+    out = []
+    for order in orders:
+        seen = stored.get(order.key)
+        if seen is None or (seen[0] != order.payload_hash and order.fetched_at >= seen[1]):
+            out.append(order)
+    return out
+
+
+@dataclass
+class Totals:
+    """What a run loaded, summed over its batches."""
+
+    batches: int = 0
+    orders: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    stale: int = 0
+    normalized: int = 0  # orders that paid for normalization (new or changed ones only)
+    bad_lines: int = 0
+    bad_fields: dict[str, int] = field(default_factory=dict)
+    unknown_fields: set[str] = field(default_factory=set)
+
+    def add(self, result: load.LoadResult, normalized: int) -> None:
+        o = result.orders
+        self.batches += 1
+        self.inserted += o.inserted
+        self.updated += o.updated
+        self.unchanged += o.unchanged
+        self.stale += o.stale
+        self.normalized += normalized + result.late_normalized
+
+
+@dataclass
+class _Slot:
+    digest: Future[Digested]
+    rows: Future[list[Encoded]] | None = None
+    skipped: list[Encoded] = field(default_factory=list)
+    digested: Digested | None = None
+
+
+OnBatch = Callable[[Digested, load.LoadResult], None]
+
+
+def run(
+    conn: psycopg.Connection[Any],
+    api: str,
+    digests: Iterable[Future[Digested]],
+    normalizer: Normalizer,
+    *,
+    rebuild: bool = False,
+    depth: int = DEPTH,
+    on_batch: OnBatch | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> Totals:
+    """Load every batch of ``digests`` (futures, pulled lazily: at most ``depth`` in flight),
+    each in its own transaction on ``conn``. ``rebuild`` (replay) normalizes and rewrites every
+    order. ``stop()`` true ends the run after the batches already loaded."""
+    totals = Totals()
+    window: deque[_Slot] = deque()
+    source: Iterator[Future[Digested]] = iter(digests)
+    exhausted = False
+    while True:
+        while not exhausted and len(window) < depth and not (stop and stop()):
+            nxt = next(source, None)
+            if nxt is None:
+                exhausted = True
+            else:
+                window.append(_Slot(nxt))
+        if not window:
+            return totals
+        # hand every digested batch to the pool now, so normalizing overlaps the load below
+        for i, slot in enumerate(window):
+            if slot.rows is None and (i == 0 or slot.digest.done()):
+                _to_pool(conn, api, slot, normalizer, rebuild)
+        head = window.popleft()
+        assert head.rows is not None
+        assert head.digested is not None
+        encoded = head.rows.result()
+        result = load.load(conn, api, [*encoded, *head.skipped], rebuild=rebuild)
+        conn.commit()
+        totals.orders += len(head.digested.orders)
+        totals.bad_lines += len(head.digested.errors)
+        totals.add(result, len(encoded))
+        for order in encoded:
+            for name in order.bad_fields:
+                totals.bad_fields[name] = totals.bad_fields.get(name, 0) + 1
+            totals.unknown_fields.update(order.unknown_fields)
+        if on_batch:
+            on_batch(head.digested, result)
+        if stop and stop():
+            for slot in window:
+                slot.digest.cancel()
+                if slot.rows:
+                    slot.rows.cancel()
+            return totals
+
+
+def _to_pool(
+    conn: psycopg.Connection[Any], api: str, slot: _Slot, normalizer: Normalizer, rebuild: bool
+) -> None:
+    digested = slot.digest.result()
+    slot.digested = digested
+    if rebuild:
+        need = digested.orders
+    else:
+        stored = load.stored_hashes(conn, api, list({o.key for o in digested.orders}))
+        conn.commit()  # a read only: end its transaction so no snapshot is held meanwhile
+        need = needs_rows(digested.orders, stored)
+        picked = {id(o) for o in need}
+        slot.skipped = [o for o in digested.orders if id(o) not in picked]
+    slot.rows = normalizer.submit(len(need), encode_orders, need)
+
+
+async def prepare(
+    normalizer: Normalizer,
+    stored: Callable[[list[Any]], dict[Any, tuple[str, datetime]]],
+    api: str,
+    entries: list[tuple[str, dict[str, Any], str | None]],
+    fetched_at: datetime,
+) -> tuple[dict[str, Encoded], dict[str, str], int]:
+    """For the sync loop: the orders one batch fetched (already parsed), ready to load.
+
+    Returns the orders by caller key (unchanged ones without rows), the invalid ones with why,
+    and how many were normalized. ``stored(keys)`` looks up the stored hashes (a worker thread
+    runs it)."""
+    done, invalid = await asyncio.to_thread(digest_orders, api, entries, fetched_at)
+    orders = list(done.values())
+    if not orders:
+        return done, invalid, 0
+    seen = await asyncio.to_thread(stored, list({o.key for o in orders}))
+    need = needs_rows(orders, seen)
+    if need:
+        loop = asyncio.get_running_loop()
+        # the process pool, or (small batch / no pool) the default thread pool
+        pool = normalizer.pool_for(len(need))
+        encoded = await loop.run_in_executor(pool, encode_orders, need)
+        by_id = {id(o): e for o, e in zip(need, encoded, strict=True)}
+        done = {k: by_id.get(id(o), o) for k, o in done.items()}
+    return done, invalid, len(need)
+
+
+def stored_lookup(
+    connect: Callable[[], Any], api: str
+) -> Callable[[list[Any]], dict[Any, tuple[str, datetime]]]:
+    """``stored(keys)`` for :func:`prepare` over a SQLAlchemy engine's ``connect``."""
+
+    def stored(keys: list[Any]) -> dict[Any, tuple[str, datetime]]:
+        with connect() as conn:
+            pg = conn.connection.driver_connection
+            assert isinstance(pg, psycopg.Connection)
+            out = load.stored_hashes(pg, api, keys)
+            conn.rollback()
+            return out
+
+    return stored
+
+
+def completed(value: Digested) -> Future[Digested]:
+    fut: Future[Digested] = Future()
+    fut.set_result(value)
+    return fut
+
+
+def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
