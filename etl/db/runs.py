@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from etl.db.tables import sync_runs
 
-KINDS = ("worker", "sync", "backfill", "replay", "demo")
+KINDS = ("worker", "sync", "backfill", "replay", "demo", "load")
 
 
 @dataclass

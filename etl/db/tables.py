@@ -325,7 +325,7 @@ sync_runs = sa.Table(
     "sync_runs",
     metadata,
     c("id", sa.BigInteger, "run id", primary_key=True, autoincrement=True),
-    c("kind", sa.Text, "worker, sync, backfill, replay or demo", nullable=False),
+    c("kind", sa.Text, "worker, sync, backfill, replay, demo or load", nullable=False),
     c(
         "status",
         sa.Text,

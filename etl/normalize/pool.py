@@ -48,7 +48,7 @@ class Digested:
     """One batch of lines read: the orders found, and what could not be read, by line."""
 
     orders: list[Encoded] = field(default_factory=list)
-    errors: list[tuple[int, str]] = field(default_factory=list)  # (line number, why)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (where: file:line, why)
     lines: int = 0
 
 
@@ -74,19 +74,20 @@ def _documents(api: str, doc: Any) -> list[dict[str, Any]]:
 
 def digest_lines(
     api: str,
-    lines: Sequence[tuple[int, bytes]],
+    lines: Sequence[tuple[str, bytes]],
     fetched_at: datetime,
     user_id: str | None = None,
 ) -> Digested:
-    """Read ``(line number, JSON line)`` pairs; a bad line is recorded, never fatal."""
+    """Read ``(where, JSON line)`` pairs; a bad line is recorded with its ``where``, never
+    fatal."""
     out = Digested(lines=len(lines))
-    for number, line in lines:
+    for where, line in lines:
         try:
             for order in _documents(api, envelope.decode(line)):
                 _, d = digest(api, order)
                 out.orders.append(Encoded(api, d.key, d.payload_hash, fetched_at, d.raw, user_id))
         except (errors.TopError, InvalidOrder) as exc:
-            out.errors.append((number, f"{exc.__class__.__name__}: {exc}"))
+            out.errors.append((where, f"{exc.__class__.__name__}: {exc}"))
     return out
 
 

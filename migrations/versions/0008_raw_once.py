@@ -39,6 +39,8 @@ SYNCED_COMMENT = (
 OLD_SYNCED_COMMENT = "when etl last received the order"
 RAW_COMMENT = "the order as received (simplified shape), JSON text; read it with raw::jsonb"
 OLD_RAW_COMMENT = "the order exactly as received (simplified shape)"
+KIND_COMMENT = "worker, sync, backfill, replay, demo or load"
+OLD_KIND_COMMENT = "worker, sync, backfill, replay or demo"
 ARCHIVE_COMMENT = "every version of every order, as received: the one place raw JSON is stored"
 OLD_ARCHIVE_COMMENT = "every changed version of every order, as received: the audit trail"
 
@@ -91,9 +93,7 @@ def upgrade() -> None:
         comment=RAW_COMMENT,
         existing_comment=OLD_RAW_COMMENT,
     )
-    op.create_table_comment(
-        "order_archive", ARCHIVE_COMMENT, existing_comment=OLD_ARCHIVE_COMMENT
-    )
+    op.create_table_comment("order_archive", ARCHIVE_COMMENT, existing_comment=OLD_ARCHIVE_COMMENT)
     for _, table, _ in PARENTS:
         op.drop_column(table, "raw")
         op.alter_column(
@@ -115,9 +115,25 @@ def upgrade() -> None:
         )
     op.execute(ETL_RAW)
     op.execute(ETL_RAW_COMMENT)
+    op.alter_column(
+        "sync_runs",
+        "kind",
+        existing_type=sa.Text(),
+        existing_nullable=False,
+        comment=KIND_COMMENT,
+        existing_comment=OLD_KIND_COMMENT,
+    )
 
 
 def downgrade() -> None:
+    op.alter_column(
+        "sync_runs",
+        "kind",
+        existing_type=sa.Text(),
+        existing_nullable=False,
+        comment=OLD_KIND_COMMENT,
+        existing_comment=KIND_COMMENT,
+    )
     op.execute("DROP FUNCTION IF EXISTS etl_raw(text, text)")
     op.alter_column(
         "order_archive",
@@ -128,9 +144,7 @@ def downgrade() -> None:
         comment=OLD_RAW_COMMENT,
         existing_comment=RAW_COMMENT,
     )
-    op.create_table_comment(
-        "order_archive", OLD_ARCHIVE_COMMENT, existing_comment=ARCHIVE_COMMENT
-    )
+    op.create_table_comment("order_archive", OLD_ARCHIVE_COMMENT, existing_comment=ARCHIVE_COMMENT)
     for api, table, key in PARENTS:
         op.add_column(
             table,
