@@ -17,22 +17,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import psycopg
+import sqlalchemy as sa
 
+from etl import errors
 from etl.db import load
 from etl.db.load import Encoded
-from etl.normalize.pool import Digested, Normalizer, digest_orders, encode_orders
+from etl.normalize.pool import (
+    Digested,
+    Normalizer,
+    digest_lines,
+    digest_orders,
+    encode_orders,
+)
 
 log = logging.getLogger(__name__)
 
 DEPTH = 3  # batches in flight between reading and loading
+BATCH_LINES = 2000  # lines per batch at most ...
+BATCH_BYTES = 8 << 20  # ... and about this many bytes (≈ 1,500 orders of ~5 KB)
 
 
 def needs_rows(orders: list[Encoded], stored: dict[Any, tuple[str, datetime]]) -> list[Encoded]:
@@ -185,12 +197,18 @@ def stored_lookup(
     """``stored(keys)`` for :func:`prepare` over a SQLAlchemy engine's ``connect``."""
 
     def stored(keys: list[Any]) -> dict[Any, tuple[str, datetime]]:
-        with connect() as conn:
-            pg = conn.connection.driver_connection
-            assert isinstance(pg, psycopg.Connection)
-            out = load.stored_hashes(pg, api, keys)
-            conn.rollback()
-            return out
+        try:
+            with connect() as conn:
+                pg = conn.connection.driver_connection
+                assert isinstance(pg, psycopg.Connection)
+                out = load.stored_hashes(pg, api, keys)
+                conn.rollback()
+                return out
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, psycopg.OperationalError) as exc:
+            # Only an optimisation: without it every order is normalized, and the load (which
+            # retries while the database is away) checks the hashes again under its lock.
+            log.warning("cannot look up stored hashes, normalizing the whole batch: %s", exc)
+            return {}
 
     return stored
 
@@ -210,3 +228,59 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
             batch = []
     if batch:
         yield batch
+
+
+def _open(name: str) -> IO[bytes]:
+    if name == "-":
+        return sys.stdin.buffer
+    path = Path(name)
+    if not path.is_file():
+        raise errors.InputError(f"{name}: no such file")
+    return path.open("rb")
+
+
+def read_batches(files: Iterable[str], sizes: list[int]) -> Iterator[list[tuple[str, bytes]]]:
+    """``(file:line, bytes)`` of every non-blank line of ``files`` (``-``: standard input), in
+    batches of at most BATCH_LINES lines / about BATCH_BYTES; ``sizes[0]`` counts bytes read."""
+    batch: list[tuple[str, bytes]] = []
+    held = 0
+    for name in files:
+        fh = _open(name)
+        label = "<stdin>" if name == "-" else name
+        try:
+            for number, line in enumerate(fh, 1):
+                sizes[0] += len(line)
+                if not line.strip():
+                    continue
+                batch.append((f"{label}:{number}", line))
+                held += len(line)
+                if len(batch) >= BATCH_LINES or held >= BATCH_BYTES:
+                    yield batch
+                    batch, held = [], 0
+        finally:
+            if fh is not sys.stdin.buffer:
+                fh.close()
+    if batch:
+        yield batch
+
+
+def load_files(
+    conn: psycopg.Connection[Any],
+    api: str,
+    files: Iterable[str],
+    normalizer: Normalizer,
+    fetched_at: datetime,
+    *,
+    user_id: str | None = None,
+    sizes: list[int] | None = None,
+    on_batch: OnBatch | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> Totals:
+    """``etl load``: captured response bodies (JSON lines) through :func:`run`."""
+    counted = sizes if sizes is not None else [0]
+
+    def digests() -> Iterator[Future[Digested]]:
+        for batch in read_batches(files, counted):
+            yield normalizer.submit(len(batch), digest_lines, api, batch, fetched_at, user_id)
+
+    return run(conn, api, digests(), normalizer, on_batch=on_batch, stop=stop)

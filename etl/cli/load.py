@@ -7,52 +7,14 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import click
 
 from etl import errors
 from etl.cli.base import EXIT_FAILED, EXIT_OK, State, handle_errors, main, pass_state
-
-BATCH_LINES = 2000  # lines per batch at most ...
-BATCH_BYTES = 8 << 20  # ... and about this many bytes (≈ 1,500 orders of ~5 KB)
-
-
-def _open(name: str) -> IO[bytes]:
-    if name == "-":
-        return sys.stdin.buffer
-    path = Path(name)
-    if not path.is_file():
-        raise errors.InputError(f"{name}: no such file")
-    return path.open("rb")
-
-
-def _batches(files: tuple[str, ...], sizes: list[int]) -> Iterator[list[tuple[str, bytes]]]:
-    """``(file:line, bytes)`` of every non-blank line, in batches; ``sizes[0]`` counts bytes."""
-    batch: list[tuple[str, bytes]] = []
-    held = 0
-    for name in files:
-        fh = _open(name)
-        label = "<stdin>" if name == "-" else name
-        try:
-            for number, line in enumerate(fh, 1):
-                sizes[0] += len(line)
-                if not line.strip():
-                    continue
-                batch.append((f"{label}:{number}", line))
-                held += len(line)
-                if len(batch) >= BATCH_LINES or held >= BATCH_BYTES:
-                    yield batch
-                    batch, held = [], 0
-        finally:
-            if fh is not sys.stdin.buffer:
-                fh.close()
-    if batch:
-        yield batch
 
 
 def _when(value: str | None) -> datetime:
@@ -106,7 +68,7 @@ def load_command(
     from etl import app, loading
     from etl.db import engine as db_engine
     from etl.db import runs
-    from etl.normalize.pool import Digested, Normalizer, digest_lines
+    from etl.normalize.pool import Digested, Normalizer
 
     for name in files:
         if name != "-" and not Path(name).is_file():
@@ -145,10 +107,6 @@ def load_command(
             ):
                 task = bar.add_task("load", total=total, orders=0, rate=0.0, bad=0)
 
-                def digests() -> Iterator[Future[Digested]]:
-                    for batch in _batches(files, sizes):
-                        yield normalizer.submit(len(batch), digest_lines, api, batch, at, user_id)
-
                 seen = [0]
 
                 def on_batch(digested: Digested, _result: Any) -> None:
@@ -160,8 +118,16 @@ def load_command(
                     rate = done / max(0.001, time.monotonic() - started)
                     bar.update(task, completed=sizes[0], orders=done, rate=rate, bad=len(bad))
 
-                totals = loading.run(
-                    conn, api, digests(), normalizer, on_batch=on_batch, stop=lambda: bool(stopping)
+                totals = loading.load_files(
+                    conn,
+                    api,
+                    files,
+                    normalizer,
+                    at,
+                    user_id=user_id,
+                    sizes=sizes,
+                    on_batch=on_batch,
+                    stop=lambda: bool(stopping),
                 )
                 counters.orders_inserted = totals.inserted
                 counters.orders_updated = totals.updated

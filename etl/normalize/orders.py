@@ -8,6 +8,7 @@ an order without its key cannot be stored: :class:`InvalidOrder`.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -236,14 +237,53 @@ def order_key(api: str, raw: Mapping[str, Any]) -> Any:
     return oid
 
 
-def digest(api: str, order: Mapping[str, Any]) -> tuple[dict[str, Any], Digest]:
+def digest(
+    api: str, order: Mapping[str, Any], *, simplified: bool = False
+) -> tuple[dict[str, Any], Digest]:
     """The simplified order and its :class:`Digest`, without normalizing anything: enough to
-    tell an unchanged order (same hash as the stored one) before paying for normalization."""
-    raw: dict[str, Any] = unwrap_lists(dict(order))
-    return raw, Digest(order_key(api, raw), _hash_simplified(raw), f.dumps(raw))
+    tell an unchanged order (same hash as the stored one) before paying for normalization.
+    ``simplified``: the caller already unwrapped the order's lists (not checked again)."""
+    raw: dict[str, Any] = order if simplified and type(order) is dict else unwrap_lists(dict(order))
+    text, content = raw_and_hash(raw)
+    return raw, Digest(order_key(api, raw), content, text)
+
+
+# An object member whose value is null, [] or {}: what _canonical drops, matched in compact JSON
+# text (a '"' inside a string is always escaped, so '{"' / ',"' only ever start a member).
+_MEMBER = rb'"(?:[^"\\]|\\.)*":(?:null|\[\]|\{\})'
+_EMPTY_LATER_MEMBER = re.compile(rb"," + _MEMBER + rb"(?=[,}])")
+_EMPTY_FIRST_MEMBER = re.compile(rb"(?<=\{)" + _MEMBER + rb"(?:,|(?=\}))")
+
+
+def canonical_text(blob: bytes) -> bytes:
+    """Compact, key-sorted JSON text → the text of its canonical form (see :func:`_canonical`):
+    the same bytes as dumping the canonical value, without walking the value in Python."""
+    while b"null" in blob or b"[]" in blob or b"{}" in blob:
+        out = _EMPTY_FIRST_MEMBER.sub(b"", _EMPTY_LATER_MEMBER.sub(b"", blob))
+        if out == blob:
+            break
+        blob = out
+    return blob
 
 
 def _hash_simplified(raw: dict[str, Any]) -> str:
+    return raw_and_hash(raw)[1]
+
+
+def raw_and_hash(raw: dict[str, Any]) -> tuple[str, str]:
+    """The simplified order's JSON text as stored (keys sorted, like jsonb would) and its
+    content hash, from one serialisation."""
+    try:
+        blob = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # an integer beyond 64 bits: the slow, structural way
+        return f.dumps(raw), _hash_structural(raw)
+    text = blob.decode()
+    if "\\u0000" in text:  # jsonb refuses NUL; the hash is of the text as received
+        text = text.replace("\\u0000", "")
+    return text, hashlib.sha256(canonical_text(blob)).hexdigest()
+
+
+def _hash_structural(raw: dict[str, Any]) -> str:
     canonical = _canonical(raw)
     try:
         blob = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
@@ -388,7 +428,7 @@ def _bookkeeping(
     unknown: list[str],
     known: tuple[str, str] | None,
 ) -> dict[str, Any]:
-    text, digest = known if known is not None else (f.dumps(raw), _hash_simplified(raw))
+    text, digest = known if known is not None else raw_and_hash(raw)
     return {
         "raw": text,
         "payload_hash": digest,

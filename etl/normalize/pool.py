@@ -64,7 +64,7 @@ def _documents(api: str, doc: Any) -> list[dict[str, Any]]:
     if not isinstance(inner, dict):
         raise errors.MalformedResponse(f"{wrapper} is a {type(inner).__name__}, not an object")
     if "result" not in inner:  # a single order object
-        return [inner]
+        return [envelope.unwrap_lists(inner)]
     payload = envelope.unwrap_lists(inner)
     if api == "wdk":
         return apis.wdk_orders(payload)
@@ -84,7 +84,7 @@ def digest_lines(
     for where, line in lines:
         try:
             for order in _documents(api, envelope.decode(line)):
-                _, d = digest(api, order)
+                _, d = digest(api, order, simplified=True)
                 out.orders.append(Encoded(api, d.key, d.payload_hash, fetched_at, d.raw, user_id))
         except (errors.TopError, InvalidOrder) as exc:
             out.errors.append((where, f"{exc.__class__.__name__}: {exc}"))
