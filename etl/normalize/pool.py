@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import re
 import signal
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -52,8 +53,17 @@ class Digested:
     lines: int = 0
 
 
-def _documents(api: str, doc: Any) -> list[dict[str, Any]]:
-    """The orders of one JSON document: a whole response body (either shape) or one order."""
+# A list field in the default shape's wrapping ("orders": {"order": [...]}, or null / {} when
+# empty). In JSON text a '"' inside a string is escaped, so this only matches real members; a
+# line without a match is in the simplified shape already and is not walked again.
+_WRAPPED = re.compile(
+    rb'"(?:' + b"|".join(k.encode() for k in envelope.LIST_FIELDS) + rb')"\s*:\s*[{n]'
+)
+
+
+def _documents(api: str, doc: Any, wrapped: bool = True) -> list[dict[str, Any]]:
+    """The orders of one JSON document: a whole response body (either shape) or one order.
+    ``wrapped=False``: the text has no default-shape list wrapping (see _WRAPPED)."""
     if not isinstance(doc, dict):
         raise errors.MalformedResponse(f"a JSON {type(doc).__name__}, not an object")
     if "error_response" in doc:
@@ -63,13 +73,18 @@ def _documents(api: str, doc: Any) -> list[dict[str, Any]]:
     inner = doc.get(wrapper, doc)
     if not isinstance(inner, dict):
         raise errors.MalformedResponse(f"{wrapper} is a {type(inner).__name__}, not an object")
+    unwrap = envelope.unwrap_lists if wrapped else _same
     if "result" not in inner:  # a single order object
-        return [envelope.unwrap_lists(inner)]
-    payload = envelope.unwrap_lists(inner)
+        return [unwrap(inner)]
+    payload = unwrap(inner)
     if api == "wdk":
         return apis.wdk_orders(payload)
     model = apis.omni_model(payload)
     return [model] if model is not None else []
+
+
+def _same(value: dict[str, Any]) -> dict[str, Any]:
+    return value
 
 
 def digest_lines(
@@ -83,7 +98,8 @@ def digest_lines(
     out = Digested(lines=len(lines))
     for where, line in lines:
         try:
-            for order in _documents(api, envelope.decode(line)):
+            wrapped = _WRAPPED.search(line) is not None
+            for order in _documents(api, envelope.decode(line), wrapped):
                 _, d = digest(api, order, simplified=True)
                 out.orders.append(Encoded(api, d.key, d.payload_hash, fetched_at, d.raw, user_id))
         except (errors.TopError, InvalidOrder) as exc:
