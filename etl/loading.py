@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 DEPTH = 3  # batches in flight between reading and loading
 BATCH_LINES = 2000  # lines per batch at most ...
-BATCH_BYTES = 8 << 20  # ... and about this many bytes (≈ 1,500 orders of ~5 KB)
+BATCH_BYTES = 4 << 20  # ... and about this many bytes (≈ 750 orders of ~5 KB)
 
 
 def needs_rows(orders: list[Encoded], stored: dict[Any, tuple[str, datetime]]) -> list[Encoded]:

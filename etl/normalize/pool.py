@@ -134,7 +134,9 @@ def encode_orders(orders: Sequence[Encoded]) -> list[Encoded]:
             if order.api == "wdk"
             else normalize_omni(raw, order.fetched_at, order.user_id, known=known)
         )
-        out.append(encode(normalized, order.user_id))
+        encoded = encode(normalized, order.user_id)
+        encoded.raw = ""  # already in its archive line: not sent back to the loader twice
+        out.append(encoded)
     return out
 
 
@@ -187,6 +189,10 @@ class Normalizer:
                 fut.set_exception(exc)
                 return fut
         return pool.submit(fn, *args)
+
+    def worker_pids(self) -> list[int]:
+        """The pool's processes (for measuring them)."""
+        return list(self._pool._processes) if self._pool is not None else []
 
     def close(self) -> None:
         if self._pool is not None:
