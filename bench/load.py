@@ -139,8 +139,8 @@ def _hwm_mb(pid: int) -> float:
 def through(conn: psycopg.Connection[Any], path: Path, at: datetime, processes: int) -> Any:
     before = wal(conn)
     t = time.perf_counter()
-    with Normalizer(processes) as normalizer:
-        totals = loading.load_files(conn, "wdk", [str(path)], normalizer, at)
+    with Normalizer(processes) as normalizer, psycopg.connect(conn.info.dsn) as lookup:
+        totals = loading.load_files(conn, "wdk", [str(path)], normalizer, at, lookup_conn=lookup)
         peaks = [_hwm_mb(pid) for pid in normalizer.worker_pids()]
         WORKER_PEAK[0] = max([WORKER_PEAK[0], *peaks])
     return time.perf_counter() - t, wal(conn) - before, totals

@@ -16,11 +16,12 @@ batch the pool normalizes the next ones: the memory held is bounded by ``depth``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -85,12 +86,14 @@ class Totals:
 @dataclass
 class _Slot:
     digest: Future[Digested]
+    staged: Future[None] | None = None  # the hash check + hand-off to the pool, done
     rows: Future[list[Encoded]] | None = None
     skipped: list[Encoded] = field(default_factory=list)
     digested: Digested | None = None
 
 
 OnBatch = Callable[[Digested, load.LoadResult], None]
+Lookup = Callable[[list[Any]], dict[Any, tuple[str, datetime]]]
 
 
 def run(
@@ -101,66 +104,98 @@ def run(
     *,
     rebuild: bool = False,
     depth: int = DEPTH,
+    lookup_conn: psycopg.Connection[Any] | None = None,
     on_batch: OnBatch | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> Totals:
     """Load every batch of ``digests`` (futures, pulled lazily: at most ``depth`` in flight),
     each in its own transaction on ``conn``. ``rebuild`` (replay) normalizes and rewrites every
-    order. ``stop()`` true ends the run after the batches already loaded."""
+    order. ``stop()`` true ends the run after the batches already loaded.
+
+    With ``lookup_conn`` (another connection) or ``rebuild``, a helper thread checks each
+    digested batch's hashes and hands it to the pool as soon as it is digested, so the pool
+    never waits for this thread's load to finish; otherwise that is done here, between loads.
+    """
     totals = Totals()
     window: deque[_Slot] = deque()
     source: Iterator[Future[Digested]] = iter(digests)
     exhausted = False
-    while True:
-        while not exhausted and len(window) < depth and not (stop and stop()):
-            nxt = next(source, None)
-            if nxt is None:
-                exhausted = True
-            else:
-                window.append(_Slot(nxt))
-        if not window:
-            return totals
-        # hand every digested batch to the pool now, so normalizing overlaps the load below
-        for i, slot in enumerate(window):
-            if slot.rows is None and (i == 0 or slot.digest.done()):
-                _to_pool(conn, api, slot, normalizer, rebuild)
-        head = window.popleft()
-        assert head.rows is not None
-        assert head.digested is not None
-        encoded = head.rows.result()
-        result = load.load(conn, api, [*encoded, *head.skipped], rebuild=rebuild)
-        conn.commit()
-        totals.orders += len(head.digested.orders)
-        totals.bad_lines += len(head.digested.errors)
-        totals.add(result, len(encoded))
-        for order in encoded:
-            for name in order.bad_fields:
-                totals.bad_fields[name] = totals.bad_fields.get(name, 0) + 1
-            totals.unknown_fields.update(order.unknown_fields)
-        if on_batch:
-            on_batch(head.digested, result)
-        if stop and stop():
-            for slot in window:
+    lookup: Lookup | None = None
+    if not rebuild:
+        lookup = _lookup(lookup_conn or conn, api)
+    with ThreadPoolExecutor(1, thread_name_prefix="etl-stage") as stager:
+        threaded = rebuild or lookup_conn is not None
+        try:
+            while True:
+                while not exhausted and len(window) < depth and not (stop and stop()):
+                    nxt = next(source, None)
+                    if nxt is None:
+                        exhausted = True
+                        break
+                    slot = _Slot(nxt)
+                    if threaded:
+                        slot.staged = stager.submit(_to_pool, slot, normalizer, lookup)
+                    window.append(slot)
+                if not window:
+                    return totals
+                if not threaded:  # every digested batch to the pool now, before this load
+                    for i, slot in enumerate(window):
+                        if slot.rows is None and (i == 0 or slot.digest.done()):
+                            _to_pool(slot, normalizer, lookup)
+                head = window.popleft()
+                if head.staged is not None:
+                    head.staged.result()
+                assert head.rows is not None
+                assert head.digested is not None
+                encoded = head.rows.result()
+                result = load.load(conn, api, [*encoded, *head.skipped], rebuild=rebuild)
+                conn.commit()
+                totals.orders += len(head.digested.orders)
+                totals.bad_lines += len(head.digested.errors)
+                totals.add(result, len(encoded))
+                for order in encoded:
+                    for name in order.bad_fields:
+                        totals.bad_fields[name] = totals.bad_fields.get(name, 0) + 1
+                    totals.unknown_fields.update(order.unknown_fields)
+                if on_batch:
+                    on_batch(head.digested, result)
+                if stop and stop():
+                    return totals
+        finally:
+            for slot in window:  # stopped or failed: drop what is still queued
                 slot.digest.cancel()
-                if slot.rows:
+                if slot.staged is not None:
+                    slot.staged.cancel()
+            for slot in window:
+                if slot.staged is not None and not slot.staged.cancelled():
+                    with contextlib.suppress(BaseException):
+                        slot.staged.result()
+                if slot.rows is not None:
                     slot.rows.cancel()
-            return totals
 
 
-def _to_pool(
-    conn: psycopg.Connection[Any], api: str, slot: _Slot, normalizer: Normalizer, rebuild: bool
-) -> None:
+def _lookup(conn: psycopg.Connection[Any], api: str) -> Lookup:
+    def stored(keys: list[Any]) -> dict[Any, tuple[str, datetime]]:
+        found = load.stored_hashes(conn, api, keys)
+        conn.commit()  # a read only: end its transaction so no snapshot is held meanwhile
+        return found
+
+    return stored
+
+
+def _to_pool(slot: _Slot, normalizer: Normalizer, lookup: Lookup | None) -> None:
+    """Check a digested batch's hashes (``lookup`` None: rebuild, all of them) and hand the
+    orders to normalize to the pool."""
     digested = slot.digest.result()
-    slot.digested = digested
-    if rebuild:
+    if lookup is None:
         need = digested.orders
     else:
-        stored = load.stored_hashes(conn, api, list({o.key for o in digested.orders}))
-        conn.commit()  # a read only: end its transaction so no snapshot is held meanwhile
+        stored = lookup(list({o.key for o in digested.orders}))
         need = needs_rows(digested.orders, stored)
         picked = {id(o) for o in need}
         slot.skipped = [o for o in digested.orders if id(o) not in picked]
     slot.rows = normalizer.submit(len(need), encode_orders, need)
+    slot.digested = digested
 
 
 async def prepare(
@@ -273,14 +308,18 @@ def load_files(
     *,
     user_id: str | None = None,
     sizes: list[int] | None = None,
+    lookup_conn: psycopg.Connection[Any] | None = None,
     on_batch: OnBatch | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> Totals:
-    """``etl load``: captured response bodies (JSON lines) through :func:`run`."""
+    """``etl load``: captured response bodies (JSON lines) through :func:`run`; ``lookup_conn``
+    (a second connection) lets the hash checks run beside the loads."""
     counted = sizes if sizes is not None else [0]
 
     def digests() -> Iterator[Future[Digested]]:
         for batch in read_batches(files, counted):
             yield normalizer.submit(len(batch), digest_lines, api, batch, fetched_at, user_id)
 
-    return run(conn, api, digests(), normalizer, on_batch=on_batch, stop=stop)
+    return run(
+        conn, api, digests(), normalizer, lookup_conn=lookup_conn, on_batch=on_batch, stop=stop
+    )

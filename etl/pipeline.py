@@ -137,7 +137,7 @@ def _stored(
                 if raw is None:
                     log.error("%s order %s has no stored raw JSON: not replayed", api, key)
                     continue
-                batch.append(load.Encoded(api, key, digest, at, raw, user_id))
+                batch.append(load.Encoded(api, key, digest, at, raw.encode(), user_id))
             yield batch
 
 

@@ -104,6 +104,7 @@ def load_command(
                 Progress(*columns, disable=not sys.stderr.isatty()) as bar,
                 Normalizer(settings.normalize_processes) as normalizer,
                 db_engine.psycopg_connection(engine) as conn,
+                db_engine.psycopg_connection(engine) as lookup_conn,
             ):
                 task = bar.add_task("load", total=total, orders=0, rate=0.0, bad=0)
 
@@ -126,6 +127,7 @@ def load_command(
                     at,
                     user_id=user_id,
                     sizes=sizes,
+                    lookup_conn=lookup_conn,
                     on_batch=on_batch,
                     stop=lambda: bool(stopping),
                 )

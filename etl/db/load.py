@@ -133,7 +133,7 @@ class Encoded:
     key: Any
     payload_hash: str
     fetched_at: datetime
-    raw: str  # JSON text, simplified shape
+    raw: bytes  # UTF-8 JSON text, simplified shape
     user_id: str | None = None
     rows: dict[str, bytes] | None = None  # table -> COPY lines (order_archive included)
     counts: dict[str, int] | None = None  # child table -> number of rows
@@ -157,9 +157,9 @@ _GETTERS = {
 }
 
 
-def copy_text(value: str) -> bytes:
+def copy_text(value: str | bytes) -> bytes:
     """``value`` as one field of COPY text format."""
-    data = value.encode()
+    data = value.encode() if isinstance(value, str) else value
     if b"\\" in data:
         data = data.replace(b"\\", b"\\\\")
     if b"\n" in data or b"\r" in data or b"\t" in data:
@@ -206,7 +206,7 @@ def encode(order: NormalizedOrder, user_id: str | None = None, tx: Any = None) -
         order.key,
         order.parent["payload_hash"],
         order.fetched_at,
-        order.parent["raw"],
+        raw if isinstance(raw := order.parent["raw"], bytes) else raw.encode(),
         user_id if user_id is not None else order.parent.get("user_id"),
         rows,
         counts,

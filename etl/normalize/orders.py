@@ -216,7 +216,7 @@ class Digest:
 
     key: Any
     payload_hash: str
-    raw: str
+    raw: bytes  # UTF-8 JSON text
 
 
 def order_key(api: str, raw: Mapping[str, Any]) -> Any:
@@ -270,17 +270,17 @@ def _hash_simplified(raw: dict[str, Any]) -> str:
     return raw_and_hash(raw)[1]
 
 
-def raw_and_hash(raw: dict[str, Any]) -> tuple[str, str]:
-    """The simplified order's JSON text as stored (keys sorted, like jsonb would) and its
-    content hash, from one serialisation."""
+def raw_and_hash(raw: dict[str, Any]) -> tuple[bytes, str]:
+    """The simplified order's JSON text (UTF-8) as stored (keys sorted, like jsonb would) and
+    its content hash, from one serialisation."""
     try:
         blob = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # an integer beyond 64 bits: the slow, structural way
-        return f.dumps(raw), _hash_structural(raw)
-    text = blob.decode()
-    if "\\u0000" in text:  # jsonb refuses NUL; the hash is of the text as received
-        text = text.replace("\\u0000", "")
-    return text, hashlib.sha256(canonical_text(blob)).hexdigest()
+        return f.dumps(raw).encode(), _hash_structural(raw)
+    content = hashlib.sha256(canonical_text(blob)).hexdigest()
+    if b"\\u0000" in blob:  # jsonb refuses NUL; the hash is of the text as received
+        blob = blob.replace(b"\\u0000", b"")
+    return blob, content
 
 
 def _hash_structural(raw: dict[str, Any]) -> str:
@@ -309,6 +309,8 @@ def _slow(parser: Parser, value: Any, where: str, name: str, bad: list[str]) -> 
 
 
 def _decimal(value: Any, where: str, name: str, bad: list[str]) -> Decimal | None:
+    if type(value) is int:
+        return Decimal(value)
     if type(value) is str:  # the common case: a plain decimal string
         try:
             number = Decimal(value)
@@ -426,7 +428,7 @@ def _bookkeeping(
     raw: dict[str, Any],
     fetched_at: datetime,
     unknown: list[str],
-    known: tuple[str, str] | None,
+    known: tuple[bytes, str] | None,
 ) -> dict[str, Any]:
     text, digest = known if known is not None else raw_and_hash(raw)
     return {
@@ -441,7 +443,7 @@ def normalize_wdk(
     order: Mapping[str, Any],
     fetched_at: datetime,
     *,
-    known: tuple[str, str] | None = None,
+    known: tuple[bytes, str] | None = None,
 ) -> NormalizedOrder:
     """An alibaba.wdk.order.get order → wdk_orders / wdk_pay_channels / wdk_sub_orders rows.
 
@@ -490,7 +492,7 @@ def normalize_omni(
     fetched_at: datetime,
     user_id: str | None = None,
     *,
-    known: tuple[str, str] | None = None,
+    known: tuple[bytes, str] | None = None,
 ) -> NormalizedOrder:
     """An alibaba.omni.order.query model → omni_orders / omni_subpay_orders / omni_pay_serials."""
     raw: dict[str, Any] = (

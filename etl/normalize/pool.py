@@ -135,7 +135,7 @@ def encode_orders(orders: Sequence[Encoded]) -> list[Encoded]:
             else normalize_omni(raw, order.fetched_at, order.user_id, known=known)
         )
         encoded = encode(normalized, order.user_id)
-        encoded.raw = ""  # already in its archive line: not sent back to the loader twice
+        encoded.raw = b""  # already in its archive line: not sent back to the loader twice
         out.append(encoded)
     return out
 
