@@ -34,7 +34,7 @@ from etl.top.client import TopClient
 
 log = logging.getLogger(__name__)
 
-REPLAY_BATCH = 2000
+REPLAY_BATCH = 1000
 DEFAULT_PROCESSES = 1  # normalizer processes when the caller has no settings at hand
 
 

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import os
 import re
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -40,6 +43,8 @@ T = TypeVar("T")
 # (pickling both ways, a wake-up) costs about what normalizing ~8 orders does (measured with
 # bench/load.py --processes 1 against 0).
 IN_THREAD_BELOW = 8
+
+OWNER_POLL_SECONDS = 1.0  # how soon a worker notices its owner process was killed
 
 METHODS = {"wdk": apis.WDK_METHOD, "omni": apis.OMNI_METHOD}
 
@@ -140,11 +145,25 @@ def encode_orders(orders: Sequence[Encoded]) -> list[Encoded]:
     return out
 
 
-def _quiet_worker() -> None:
+def _quiet_worker(owner: int) -> None:
     # The parent owns shutdown: a Ctrl-C / SIGTERM to the process group must not kill a
     # worker mid-batch (the parent finishes the batches in flight, then closes the pool).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A parent killed outright (SIGKILL, OOM) never closes the pool, and a worker holding its
+    # own call queue's write end would wait for work forever: it leaves when its owner is gone.
+    threading.Thread(target=_exit_with, args=(owner,), daemon=True, name="owner-watch").start()
+
+
+def _exit_with(owner: int) -> None:
+    while True:
+        time.sleep(OWNER_POLL_SECONDS)
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:  # the pid now belongs to another user's process
+            os._exit(0)
 
 
 def _done(value: T) -> Future[T]:
@@ -170,6 +189,7 @@ class Normalizer:
                 max_workers=self.processes,
                 mp_context=multiprocessing.get_context("forkserver"),
                 initializer=_quiet_worker,
+                initargs=(os.getpid(),),
             )
         return self._pool
 

@@ -156,3 +156,35 @@ def test_sigterm_stops_after_the_batch_in_flight_without_orphans(
     assert 0 < loaded < 20_000
     assert loaded == _q(db_url, "SELECT count(*) FROM order_archive")  # whole batches only
     assert _q(db_url, "SELECT status FROM sync_runs") == "interrupted"
+
+
+def test_workers_leave_when_their_owner_is_killed(db_url: str, tmp_path: Path) -> None:
+    """SIGKILL (or the OOM killer) gives the loader no chance to close its pool: the
+    normalizer processes notice on their own and exit, nothing is left running."""
+    env = etl_env(db_url, NO_TOP, normalize_processes=2)
+    path = tmp_path / "big.jsonl"
+    with path.open("wb") as fh:
+        for page in range(400):
+            fh.write(_page(data.FIRST_DEMO_BIZ_ID + page * 50, 50, wrapped=False))
+    proc = subprocess.Popen(
+        etl_cmd("load", "--api", "wdk", str(path)),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while _q(db_url, "SELECT count(*) FROM wdk_orders") == 0:
+        assert proc.poll() is None
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert len(workers) >= 2
+    proc.kill()
+    proc.wait(timeout=30)
+    gone_by = time.monotonic() + 15
+    while [p for p in workers if _alive(p)] and time.monotonic() < gone_by:
+        time.sleep(0.2)
+    left = [p for p in workers if _alive(p)]
+    for pid in left:  # do not leave them behind even when the assertion fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left
