@@ -2,10 +2,11 @@
 
 For one batch, on one psycopg connection already in a transaction:
 
-1. lock the batch's existing parent rows in key order (``FOR UPDATE``) and read their hash and
-   ``fetched_at``: an order with the same hash is *unchanged* (nothing at all is written for
-   it), one fetched before the stored one is *stale* (an older payload never overwrites a newer
-   one); the rest are *new* or *changed*;
+1. read the hash and ``fetched_at`` of the batch's stored orders: an order with the same hash
+   is *unchanged* (nothing at all is written for it, not even a row lock), one fetched before
+   the stored one is *stale* (an older payload never overwrites a newer one); the rows of the
+   *changed* ones are then locked in key order (``FOR UPDATE``) and read again; the rest are
+   *new*;
 2. fast path, under a savepoint: ``COPY`` the new orders' rows straight into the tables, update
    the changed parents from a staged copy, replace their children by ``COPY``, and ``COPY``
    each written version's raw JSON into ``order_archive`` (the one place raw JSON is stored);
@@ -326,14 +327,25 @@ def _rows(orders: Sequence[Encoded], table: str) -> Iterable[bytes]:
 
 
 def _existing(
-    cur: psycopg.Cursor[Any], spec: ParentSpec, keys: list[Any]
+    cur: psycopg.Cursor[Any], spec: ParentSpec, keys: list[Any], *, lock: bool
 ) -> dict[Any, tuple[str, datetime]]:
     stmt = sql.SQL(
         "SELECT {key}, payload_hash, fetched_at FROM {table} WHERE {key} = ANY(%s::{type}[]) "
-        "ORDER BY {key} FOR UPDATE"
-    ).format(key=_ident(spec.key), table=_ident(spec.table.name), type=sql.SQL(spec.key_type))
+        "ORDER BY {key}{lock}"
+    ).format(
+        key=_ident(spec.key),
+        table=_ident(spec.table.name),
+        type=sql.SQL(spec.key_type),
+        lock=sql.SQL(" FOR UPDATE" if lock else ""),
+    )
     cur.execute(stmt, (keys,))
     return {row[0]: (row[1], row[2]) for row in cur.fetchall()}
+
+
+def _to_write(order: Encoded, stored: tuple[str, datetime] | None, rebuild: bool) -> bool:
+    return stored is None or (
+        order.fetched_at >= stored[1] and (rebuild or stored[0] != order.payload_hash)
+    )
 
 
 def stored_hashes(
@@ -538,7 +550,14 @@ def load(
     batch.sort(key=lambda o: o.key)
     with conn.cursor() as cur:
         _ensure_stage(cur, spec)
-        existing = _existing(cur, spec, [o.key for o in batch])
+        existing = _existing(cur, spec, [o.key for o in batch], lock=False)
+        # Lock (in key order) and read again only the rows this batch will rewrite: locking an
+        # unchanged row would write its lock to the WAL for nothing, as it is not written.
+        rewrite = [
+            o.key for o in batch if o.key in existing and _to_write(o, existing[o.key], rebuild)
+        ]
+        if rewrite:
+            existing.update(_existing(cur, spec, rewrite, lock=True))
         new: list[Encoded] = []
         changed: list[Encoded] = []
         unchanged: list[Encoded] = []

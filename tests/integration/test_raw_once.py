@@ -191,8 +191,8 @@ def test_fast_path_falls_back_when_a_concurrent_writer_inserts_a_key(
     real_existing = load._existing
     raced_once: list[bool] = []
 
-    def existing_then_race(*args: Any) -> Any:
-        found = real_existing(*args)
+    def existing_then_race(*args: Any, **kw: Any) -> Any:
+        found = real_existing(*args, **kw)
         if raced_once:  # the other writer's own load
             return found
         raced_once.append(True)
