@@ -159,12 +159,29 @@ def main() -> None:
     p.add_argument("--changed", type=float, default=0.1)
     p.add_argument("--processes", type=int, default=1, help="normalize_processes")
     p.add_argument("--skip-floors", action="store_true")
+    p.add_argument(
+        "--first-load-only",
+        action="store_true",
+        help="only (b), e.g. to see peak RSS with 1,000,000 orders",
+    )
     a = p.parse_args()
     n = a.n
     tmp = Path(tempfile.mkdtemp(prefix="etl-bench-load-"))
     first, changed = tmp / "first.jsonl", tmp / "changed.jsonl"
     t = time.perf_counter()
     write_pages(first, n, 0)
+    if a.first_load_only:
+        url = scratch_database("etl_bench_load")
+        with psycopg.connect(url) as conn:
+            spent, w, _ = through(conn, first, T0, a.processes)
+        first.unlink()
+        tmp.rmdir()
+        own, _ = rss_mb()
+        print(
+            f"  (b) first load of {n:,} orders: {n / spent:,.0f} orders/s, WAL {w / 1e6:,.0f} MB; "
+            f"peak RSS main {own:,.0f} MB, largest normalizer process {WORKER_PEAK[0]:,.0f} MB"
+        )
+        return
     write_pages(changed, n, round(1 / a.changed) if a.changed else 0)
     print(
         f"load benchmark: {n:,} orders in pages of {PAGE} ({first.stat().st_size / n:,.0f} "
