@@ -157,7 +157,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--changed", type=float, default=0.1)
-    p.add_argument("--processes", type=int, default=1, help="normalize_processes")
+    p.add_argument("--processes", type=int, default=2, help="normalize_processes")
     p.add_argument("--skip-floors", action="store_true")
     p.add_argument(
         "--first-load-only",

@@ -35,7 +35,7 @@ from etl.top.client import TopClient
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 1000
-DEFAULT_PROCESSES = 1  # normalizer processes when the caller has no settings at hand
+DEFAULT_PROCESSES = 2  # normalizer processes when the caller has no settings at hand
 
 
 @dataclass

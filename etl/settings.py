@@ -88,7 +88,7 @@ class Settings(BaseModel):
     )
     lanes: int = Field(4, ge=1, le=32, description="batches in flight per process")
     normalize_processes: int = Field(
-        1,
+        2,
         ge=0,
         le=32,
         description="processes normalizing orders off the loading process; 0 = in a thread",
