@@ -7,7 +7,7 @@ loop (:func:`prepare` for the orders a batch fetched) and the benchmarks. For ea
 2. look up the stored hashes of the batch's keys (one SELECT) — an unchanged order (same hash)
    or a stale one (fetched before the stored one) is never normalized;
 3. *normalize + encode* the rest to COPY text in the :class:`~etl.normalize.pool.Normalizer`;
-4. :func:`etl.db.load.load` under its lock (which checks again), then commit.
+4. :func:`etl.db.load.load` (which checks again, locking the rows it rewrites), then commit.
 
 :func:`run` keeps up to ``depth`` batches between steps 1 and 4, so while the database loads one
 batch the pool normalizes the next ones: the memory held is bounded by ``depth`` batches.
@@ -252,17 +252,6 @@ def completed(value: Digested) -> Future[Digested]:
     fut: Future[Digested] = Future()
     fut.set_result(value)
     return fut
-
-
-def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _open(name: str) -> IO[bytes]:
