@@ -405,6 +405,8 @@ def _apply(spec: Spec, item: Mapping[str, Any], where: str, bad: list[str]) -> d
 
 
 def _unknown(item: Mapping[str, Any], known: frozenset[str], where: str) -> list[str]:
+    if known.issuperset(item):  # the common case, without building a set
+        return []
     extra = item.keys() - known
     return [f"{where}{k}" for k in extra] if extra else []
 
