@@ -22,12 +22,13 @@ import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.engine import Engine
 
-from etl import errors, logs, metrics
+from etl import errors, loading, logs, metrics
 from etl.db import bans, holds, load, queue, runs
 from etl.db import engine as db_engine
 from etl.db import tmc as tmc_db
 from etl.ids import omni_parts
 from etl.normalize.orders import InvalidOrder, NormalizedOrder, normalize_omni, normalize_wdk
+from etl.normalize.pool import Digested, Normalizer, shared_normalizer
 from etl.settings import Settings
 from etl.top import apis
 from etl.top.client import TopClient
@@ -35,6 +36,7 @@ from etl.top.client import TopClient
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 1000
+DEFAULT_PROCESSES = 2  # normalizer processes when the caller has no settings at hand
 
 
 @dataclass
@@ -50,7 +52,7 @@ class Quality:
         self.unknown_fields |= other.unknown_fields
         self.invalid_orders += other.invalid_orders
 
-    def note(self, order: NormalizedOrder) -> None:
+    def note(self, order: NormalizedOrder | load.Encoded) -> None:
         for name in order.bad_fields:
             self.bad_fields[_generic(name)] += 1
         self.unknown_fields.update(order.unknown_fields)
@@ -112,27 +114,46 @@ def normalize(
     return order, None
 
 
-def _stored(conn: psycopg.Connection[Any], api: str, since: datetime | None) -> Iterator[list[Any]]:
+def _stored(
+    conn: psycopg.Connection[Any], api: str, since: datetime | None
+) -> Iterator[list[load.Encoded]]:
+    """The stored orders of ``api`` as raw JSON (their version in order_archive), by batch."""
     spec = load.SPECS[api]
-    user = sql.SQL(", user_id") if api == "omni" else sql.SQL(", NULL")
-    where = sql.SQL("WHERE synced_at >= %s") if since else sql.SQL("")
-    stmt = sql.SQL("SELECT raw, fetched_at{user} FROM {table} {where} ORDER BY {key}").format(
+    user = sql.SQL("o.user_id") if api == "omni" else sql.SQL("NULL::text")
+    where = sql.SQL("WHERE o.synced_at >= %s") if since else sql.SQL("")
+    stmt = sql.SQL(
+        "SELECT o.{key}, o.payload_hash, o.fetched_at, {user}, a.raw FROM {table} o "
+        "LEFT JOIN LATERAL (SELECT raw FROM order_archive a WHERE a.api = %s "
+        "AND a.order_key = o.{key}::text AND a.payload_hash = o.payload_hash "
+        "ORDER BY a.fetched_at DESC, a.id DESC LIMIT 1) a ON true {where} ORDER BY o.{key}"
+    ).format(
         user=user, table=sql.Identifier(spec.table.name), where=where, key=sql.Identifier(spec.key)
     )
     with conn.cursor(name=f"replay_{api}") as cur:
         cur.itersize = REPLAY_BATCH
-        cur.execute(stmt, (since,) if since else None)
+        cur.execute(stmt, (api, since) if since else (api,))
         while rows := cur.fetchmany(REPLAY_BATCH):
-            yield rows
+            batch = []
+            for key, digest, at, user_id, raw in rows:
+                if raw is None:
+                    log.error("%s order %s has no stored raw JSON: not replayed", api, key)
+                    continue
+                batch.append(load.Encoded(api, key, digest, at, raw.encode(), user_id))
+            yield batch
 
 
 def replay(
-    engine: Engine, apis: tuple[str, ...] = ("wdk", "omni"), since: datetime | None = None
+    engine: Engine,
+    apis: tuple[str, ...] = ("wdk", "omni"),
+    since: datetime | None = None,
+    *,
+    processes: int | None = None,
 ) -> runs.RunCounters:
     """Rebuild the relational rows of stored orders from their raw payloads (no platform calls).
 
-    Every order is rewritten from ``raw`` (children replaced), in batches of REPLAY_BATCH, each
-    its own transaction; ``changed_at`` does not move and nothing is archived.
+    Every order is rewritten from its raw JSON in order_archive (children replaced), in batches
+    of REPLAY_BATCH, each its own transaction, normalized off this process while the previous
+    batch loads; ``changed_at`` does not move and nothing is archived.
     """
     counters = runs.RunCounters()
     quality = Quality()
@@ -143,15 +164,19 @@ def replay(
         with (
             db_engine.psycopg_connection(engine) as reader,
             db_engine.psycopg_connection(engine) as writer,
+            Normalizer(DEFAULT_PROCESSES if processes is None else processes) as normalizer,
         ):
             for api in apis:
-                for rows in _stored(reader, api, since):
-                    normalized = [normalize(api, raw, at, quality, user) for raw, at, user in rows]
-                    batch = [o for o, _ in normalized if o is not None]
-                    result = load.load(writer, api, batch, rebuild=True)
-                    writer.commit()
-                    counters.orders_updated += result.orders.inserted + result.orders.updated
-                    counters.orders_stale += result.orders.stale
+                digests = (
+                    loading.completed(Digested(orders=batch, lines=len(batch)))
+                    for batch in _stored(reader, api, since)
+                )
+                totals = loading.run(writer, api, digests, normalizer, rebuild=True)
+                counters.orders_updated += totals.inserted + totals.updated
+                counters.orders_stale += totals.stale
+                for name, n in totals.bad_fields.items():
+                    quality.bad_fields[_generic(name)] += n
+                quality.unknown_fields |= totals.unknown_fields
             reader.rollback()
     except BaseException as exc:
         status, error = (
@@ -374,11 +399,11 @@ class Syncer:
 
     async def _fetch_wdk(
         self, items: list[queue.Item]
-    ) -> tuple[list[NormalizedOrder], list[queue.Outcome]]:
+    ) -> tuple[list[load.Encoded], list[queue.Outcome]]:
         by_kind: dict[str, list[queue.Item]] = {}
         for item in items:
             by_kind.setdefault(item.id_kind, []).append(item)
-        orders: list[NormalizedOrder] = []
+        orders: list[load.Encoded] = []
         outcomes: list[queue.Outcome] = []
         for kind, group in by_kind.items():
             got = await apis.wdk_order_get(
@@ -409,29 +434,30 @@ class Syncer:
 
     async def _normalize_all(
         self, api: str, entries: Sequence[tuple[str, dict[str, Any], str | None]]
-    ) -> tuple[dict[str, NormalizedOrder], dict[str, str]]:
-        """Normalize (key, raw, user_id) entries on a worker thread, off the event loop."""
-        fetched_at = datetime.now(UTC)
-
-        def work() -> tuple[dict[str, NormalizedOrder], dict[str, str], Quality]:
-            quality = Quality()
-            done: dict[str, NormalizedOrder] = {}
-            invalid: dict[str, str] = {}
-            for key, raw, user_id in entries:
-                order, why = normalize(api, raw, fetched_at, quality, user_id)
-                if order is None:
-                    invalid[key] = why or "invalid order"
-                else:
-                    done[key] = order
-            return done, invalid, quality
-
-        done, invalid, quality = await asyncio.to_thread(work)
+    ) -> tuple[dict[str, load.Encoded], dict[str, str]]:
+        """Digest (key, content hash) the (key, raw, user_id) entries, and normalize only the
+        new or changed ones, off the event loop (a process pool; see etl.loading.prepare)."""
+        done, invalid, normalized = await loading.prepare(
+            shared_normalizer(self.settings.normalize_processes),
+            loading.stored_lookup(self.engine.connect, api),
+            api,
+            list(entries),
+            datetime.now(UTC),
+        )
+        quality = Quality(invalid_orders=len(invalid))
+        for why in invalid.values():
+            log.error("order cannot be stored: %s", why)
+        for order in done.values():
+            quality.note(order)
         self.quality.merge(quality)
+        self.counters.details["orders_normalized"] = (
+            self.counters.details.get("orders_normalized", 0) + normalized
+        )
         return done, invalid
 
     async def _fetch_omni(
         self, items: list[queue.Item]
-    ) -> tuple[list[NormalizedOrder], list[queue.Outcome]]:
+    ) -> tuple[list[load.Encoded], list[queue.Outcome]]:
         async def one(
             item: queue.Item,
         ) -> tuple[queue.Item, dict[str, Any] | errors.TopError | None]:
@@ -468,7 +494,7 @@ class Syncer:
         self,
         api: str,
         items: list[queue.Item],
-        orders: list[NormalizedOrder],
+        orders: list[load.Encoded],
         outcomes: list[queue.Outcome],
     ) -> None:
         """Load, ack and count in one transaction; retried while the database is unreachable.

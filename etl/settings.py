@@ -111,6 +111,12 @@ class Settings(BaseModel):
         0, ge=0, le=100_000, description="ids claimed per batch; 0 = batch_size x concurrency"
     )
     lanes: int = Field(4, ge=1, le=32, description="batches in flight per process")
+    normalize_processes: int = Field(
+        2,
+        ge=0,
+        le=32,
+        description="processes normalizing orders off the loading process; 0 = in a thread",
+    )
     lease_seconds: float = Field(300.0, ge=5, le=86_400, description="claim lease, seconds")
     max_attempts: int = Field(6, ge=1, le=100, description="failed fetches of an id before dead")
     retry_base_seconds: float = Field(

@@ -282,7 +282,7 @@ def replay(state: State, /, since: str | None, api: str) -> None:
     """Rebuild the relational rows from the stored raw payloads (no platform calls).
 
     For after a normalizer fix or a new column: every stored order is normalized again from its
-    `raw` column and its rows (children included) rewritten.
+    raw JSON (its version in order_archive) and its rows (children included) rewritten.
     """
     from etl import pipeline
     from etl.db import engine
@@ -290,7 +290,9 @@ def replay(state: State, /, since: str | None, api: str) -> None:
     engine_ = engine.create_engine(state.settings)
     try:
         apis = ("wdk", "omni") if api == "all" else (api,)
-        counters = pipeline.replay(engine_, apis, _date(since))
+        counters = pipeline.replay(
+            engine_, apis, _date(since), processes=state.settings.normalize_processes
+        )
     finally:
         engine_.dispose()
     click.echo(f"replayed {counters.orders_updated} orders ({counters.orders_stale} skipped)")

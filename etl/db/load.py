@@ -1,15 +1,24 @@
-"""Set-based, idempotent upsert of a batch of normalized orders, inside the caller's transaction.
+"""Set-based, idempotent load of a batch of orders, inside the caller's transaction.
 
 For one batch, on one psycopg connection already in a transaction:
 
-1. lock the batch's existing parent rows in key order (``FOR UPDATE``) and read their hash and
-   ``fetched_at``: an order with the same hash is *unchanged* (only ``synced_at`` moves, its
-   children are not touched, nothing is staged); one fetched before the stored one is *stale*
-   (an older payload never overwrites a newer one); the rest are staged;
-2. ``COPY`` the staged parents and their children into temporary tables;
-3. ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` the parents (the hash / ``fetched_at`` guard
-   is repeated in the statement), replace the children of the orders that changed, and append
-   each changed version to ``order_archive``.
+1. read the hash and ``fetched_at`` of the batch's stored orders: an order with the same hash
+   is *unchanged* (nothing at all is written for it, not even a row lock), one fetched before
+   the stored one is *stale* (an older payload never overwrites a newer one); the rows of the
+   *changed* ones are then locked in key order (``FOR UPDATE``) and read again; the rest are
+   *new*;
+2. fast path, under a savepoint: ``COPY`` the new orders' rows straight into the tables, update
+   the changed parents from a staged copy, replace their children by ``COPY``, and ``COPY``
+   each written version's raw JSON into ``order_archive`` (the one place raw JSON is stored);
+3. if the fast path meets a unique violation (a concurrent writer inserted one of the new keys,
+   or a sub-order moved between orders), the savepoint is rolled back and the batch goes
+   through the staged upsert: ``COPY`` into temporary tables, then
+   ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` with the hash / ``fetched_at`` guard.
+
+Orders arrive as :class:`Encoded` (rows already in COPY text format, made off the loading
+process by :mod:`etl.normalize.pool`) or as :class:`NormalizedOrder` (encoded here). An
+:class:`Encoded` without rows is an order that looked unchanged before normalization; if the
+stored row changed meanwhile it is normalized here, under the lock.
 
 The caller commits (so the queue ack can share the transaction) or rolls back: a failure
 anywhere leaves the database as before the batch. Overlapping batches lock in key order, so two
@@ -18,17 +27,21 @@ workers loading the same orders serialise instead of deadlocking.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
+import orjson
 import psycopg
 import sqlalchemy as sa
 from psycopg import sql
+from psycopg._copy_base import format_row_text
+from psycopg.adapt import Transformer
 
 from etl.db import tables as t
-from etl.normalize.orders import NormalizedOrder
+from etl.normalize.orders import NormalizedOrder, normalize_omni, normalize_wdk
 
 BOOKKEEPING_DEFAULTS = ("first_synced_at", "synced_at", "changed_at")
 
@@ -101,15 +114,144 @@ class LoadResult:
     tables: dict[str, TableCounts] = field(default_factory=dict)
     changed: list[Any] = field(default_factory=list)
     stale: list[Any] = field(default_factory=list)
+    fast_path: bool = False  # written by direct COPY (no conflict met)
+    late_normalized: int = 0  # looked unchanged before normalizing, but were not under the lock
 
     @property
     def orders(self) -> TableCounts:
         return self.tables[SPECS[self.api].table.name]
 
 
-def dedupe_latest(orders: Iterable[NormalizedOrder]) -> list[NormalizedOrder]:
+ARCHIVE_COLUMNS = ["api", "order_key", "fetched_at", "payload_hash", "raw"]
+
+
+@dataclass(slots=True)
+class Encoded:
+    """One order ready to load: rows per table in COPY text format (``None`` when it was not
+    normalized because it looked unchanged), plus what the unchanged / stale checks need."""
+
+    api: str
+    key: Any
+    payload_hash: str
+    fetched_at: datetime
+    raw: bytes  # UTF-8 JSON text, simplified shape
+    user_id: str | None = None
+    rows: dict[str, bytes] | None = None  # table -> COPY lines (order_archive included)
+    counts: dict[str, int] | None = None  # child table -> number of rows
+    bad_fields: list[str] = field(default_factory=list)
+    unknown_fields: list[str] = field(default_factory=list)
+
+    def __reduce__(self) -> tuple[type[Encoded], tuple[Any, ...]]:
+        # a plain tuple: pickling is the hand-off to and from the normalizer processes, and
+        # the dataclass default (a state list built through fields()) costs ~3x as much
+        return (
+            Encoded,
+            (
+                self.api,
+                self.key,
+                self.payload_hash,
+                self.fetched_at,
+                self.raw,
+                self.user_id,
+                self.rows,
+                self.counts,
+                self.bad_fields,
+                self.unknown_fields,
+            ),
+        )
+
+
+def _getter(columns: Sequence[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    return itemgetter(*columns)
+
+
+_GETTERS = {
+    api: {
+        table.name: _getter(cols)
+        for table, cols in (
+            (spec.table, spec.columns),
+            *((c.table, c.columns) for c in spec.children),
+        )
+    }
+    for api, spec in SPECS.items()
+}
+
+
+def copy_text(value: str | bytes) -> bytes:
+    """``value`` as one field of COPY text format."""
+    data = value.encode() if isinstance(value, str) else value
+    if b"\\" in data:
+        data = data.replace(b"\\", b"\\\\")
+    if b"\n" in data or b"\r" in data or b"\t" in data:
+        data = data.replace(b"\n", b"\\n").replace(b"\r", b"\\r").replace(b"\t", b"\\t")
+    return data
+
+
+def archive_line(order: Encoded) -> bytes:
+    """The order_archive COPY line of ``order``'s version."""
+    return (
+        b"\t".join(
+            (
+                order.api.encode(),
+                copy_text(str(order.key)),
+                order.fetched_at.isoformat().encode(),
+                order.payload_hash.encode(),
+                copy_text(order.raw),
+            )
+        )
+        + b"\n"
+    )
+
+
+def encode(order: NormalizedOrder, user_id: str | None = None, tx: Any = None) -> Encoded:
+    """A normalized order as COPY lines (pure; psycopg's C row formatter where installed)."""
+    tx = tx if tx is not None else Transformer()
+    spec = SPECS[order.api]
+    getters = _GETTERS[order.api]
+    buf = bytearray()
+    format_row_text(getters[spec.table.name](order.parent), tx, buf)
+    rows = {spec.table.name: bytes(buf)}
+    counts = {}
+    for child in spec.children:
+        name = child.table.name
+        get = getters[name]
+        buf = bytearray()
+        items = order.children[name]
+        for row in items:
+            format_row_text(get(row), tx, buf)
+        rows[name] = bytes(buf)
+        counts[name] = len(items)
+    out = Encoded(
+        order.api,
+        order.key,
+        order.parent["payload_hash"],
+        order.fetched_at,
+        raw if isinstance(raw := order.parent["raw"], bytes) else raw.encode(),
+        user_id if user_id is not None else order.parent.get("user_id"),
+        rows,
+        counts,
+        order.bad_fields,
+        order.unknown_fields,
+    )
+    rows[t.order_archive.name] = archive_line(out)
+    return out
+
+
+def renormalize(order: Encoded) -> Encoded:
+    """Normalize and encode an order kept only as raw JSON (it looked unchanged earlier)."""
+    raw = orjson.loads(order.raw)
+    known = (order.raw, order.payload_hash)
+    normalized = (
+        normalize_wdk(raw, order.fetched_at, known=known)
+        if order.api == "wdk"
+        else normalize_omni(raw, order.fetched_at, order.user_id, known=known)
+    )
+    return encode(normalized, order.user_id)
+
+
+def dedupe_latest(orders: Iterable[Encoded]) -> list[Encoded]:
     """One entry per key: the most recently fetched (the last one on a tie)."""
-    latest: dict[Any, NormalizedOrder] = {}
+    latest: dict[Any, Encoded] = {}
     for order in orders:
         kept = latest.get(order.key)
         if kept is None or order.fetched_at >= kept.fetched_at:
@@ -147,37 +289,141 @@ def _ensure_stage(cur: psycopg.Cursor[Any], spec: ParentSpec) -> None:
     )
 
 
+def _clear_stage(cur: psycopg.Cursor[Any], spec: ParentSpec) -> None:
+    names = [_stage_name(tb) for tb in (spec.table, *(c.table for c in spec.children))]
+    for name in (*names, f"_changed_{spec.api}"):
+        cur.execute(sql.SQL("DELETE FROM {}").format(_ident(name)))
+
+
+def _copy_lines(
+    cur: psycopg.Cursor[Any], table: str, columns: list[str], chunks: Iterable[bytes]
+) -> None:
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(_ident(table), _cols(columns))
+    with cur.copy(stmt) as copy:
+        pending = bytearray()
+        for chunk in chunks:
+            pending += chunk
+            if len(pending) > 1 << 20:
+                copy.write(pending)
+                pending = bytearray()
+        if pending:
+            copy.write(pending)
+
+
 def _copy(
     cur: psycopg.Cursor[Any], table: str, columns: list[str], rows: Iterable[dict[str, Any]]
 ) -> None:
+    """COPY rows given as dicts (used by the benchmark's floor)."""
     stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(_ident(table), _cols(columns))
     with cur.copy(stmt) as copy:
         for row in rows:
             copy.write_row([row.get(c) for c in columns])
 
 
+def _rows(orders: Sequence[Encoded], table: str) -> Iterable[bytes]:
+    for order in orders:
+        assert order.rows is not None
+        yield order.rows[table]
+
+
 def _existing(
-    cur: psycopg.Cursor[Any], spec: ParentSpec, keys: list[Any]
+    cur: psycopg.Cursor[Any], spec: ParentSpec, keys: list[Any], *, lock: bool
 ) -> dict[Any, tuple[str, datetime]]:
     stmt = sql.SQL(
         "SELECT {key}, payload_hash, fetched_at FROM {table} WHERE {key} = ANY(%s::{type}[]) "
-        "ORDER BY {key} FOR UPDATE"
-    ).format(key=_ident(spec.key), table=_ident(spec.table.name), type=sql.SQL(spec.key_type))
+        "ORDER BY {key}{lock}"
+    ).format(
+        key=_ident(spec.key),
+        table=_ident(spec.table.name),
+        type=sql.SQL(spec.key_type),
+        lock=sql.SQL(" FOR UPDATE" if lock else ""),
+    )
     cur.execute(stmt, (keys,))
     return {row[0]: (row[1], row[2]) for row in cur.fetchall()}
 
 
-def _touch_unchanged(
-    cur: psycopg.Cursor[Any], spec: ParentSpec, orders: list[NormalizedOrder]
-) -> None:
-    if not orders:
-        return
+def _to_write(order: Encoded, stored: tuple[str, datetime] | None, rebuild: bool) -> bool:
+    return stored is None or (
+        order.fetched_at >= stored[1] and (rebuild or stored[0] != order.payload_hash)
+    )
+
+
+def stored_hashes(
+    conn: psycopg.Connection[Any], api: str, keys: list[Any]
+) -> dict[Any, tuple[str, datetime]]:
+    """The stored ``(payload_hash, fetched_at)`` of those of ``keys`` that exist (no lock): what
+    decides, before normalizing, which orders are unchanged. :func:`load` checks again under
+    its lock."""
+    spec = SPECS[api]
     stmt = sql.SQL(
-        "UPDATE {table} AS t SET synced_at = now(), fetched_at = GREATEST(t.fetched_at, v.f) "
-        "FROM (SELECT unnest(%s::{type}[]) AS k, unnest(%s::timestamptz[]) AS f) AS v "
-        "WHERE t.{key} = v.k"
-    ).format(table=_ident(spec.table.name), type=sql.SQL(spec.key_type), key=_ident(spec.key))
-    cur.execute(stmt, ([o.key for o in orders], [o.fetched_at for o in orders]))
+        "SELECT {key}, payload_hash, fetched_at FROM {table} WHERE {key} = ANY(%s::{type}[])"
+    ).format(key=_ident(spec.key), table=_ident(spec.table.name), type=sql.SQL(spec.key_type))
+    with conn.cursor() as cur:
+        cur.execute(stmt, (keys,))
+        return {row[0]: (row[1], row[2]) for row in cur.fetchall()}
+
+
+def _update_parents(cur: psycopg.Cursor[Any], spec: ParentSpec, rebuild: bool) -> None:
+    """Changed parents (locked, guard already applied) from the stage, in place."""
+    sets: list[sql.Composable] = [
+        sql.SQL("{} = s.{}").format(_ident(c), _ident(c)) for c in spec.columns if c != spec.key
+    ]
+    if not rebuild:
+        sets += [sql.SQL("synced_at = now()"), sql.SQL("changed_at = now()")]
+    cur.execute(
+        sql.SQL("UPDATE {table} AS t SET {sets} FROM {stage} AS s WHERE t.{key} = s.{key}").format(
+            table=_ident(spec.table.name),
+            sets=sql.SQL(", ").join(sets),
+            stage=_ident(_stage_name(spec.table)),
+            key=_ident(spec.key),
+        )
+    )
+
+
+def _delete_children(
+    cur: psycopg.Cursor[Any], spec: ParentSpec, child: ChildSpec, keys: list[Any]
+) -> int:
+    cur.execute(
+        sql.SQL("DELETE FROM {} WHERE {} = ANY(%s::{}[])").format(
+            _ident(child.table.name), _ident(child.parent_fk), sql.SQL(spec.key_type)
+        ),
+        (keys,),
+    )
+    return cur.rowcount
+
+
+def _write_direct(
+    cur: psycopg.Cursor[Any],
+    spec: ParentSpec,
+    new: list[Encoded],
+    changed: list[Encoded],
+    rebuild: bool,
+    result: LoadResult,
+) -> None:
+    """The fast path: COPY straight into the tables (raises UniqueViolation on a conflict)."""
+    counts = {name: TableCounts() for name in result.tables}
+    if changed:
+        _copy_lines(cur, _stage_name(spec.table), spec.columns, _rows(changed, spec.table.name))
+        _update_parents(cur, spec, rebuild)
+        keys = [o.key for o in changed]
+        for child in spec.children:
+            counts[child.table.name].deleted = _delete_children(cur, spec, child, keys)
+    if new:
+        _copy_lines(cur, spec.table.name, spec.columns, _rows(new, spec.table.name))
+    written = [*new, *changed]
+    written.sort(key=lambda o: o.key)
+    for child in spec.children:
+        name = child.table.name
+        _copy_lines(cur, name, child.columns, _rows(written, name))
+        counts[name].inserted = sum((o.counts or {}).get(name, 0) for o in written)
+    if not rebuild:
+        _copy_lines(cur, t.order_archive.name, ARCHIVE_COLUMNS, _rows(written, "order_archive"))
+    counts[spec.table.name].inserted = len(new)
+    counts[spec.table.name].updated = len(changed)
+    for name, c in counts.items():
+        result.tables[name].add(c)
+    result.changed = [o.key for o in written]
+    result.fast_path = True
 
 
 def _upsert_parents(cur: psycopg.Cursor[Any], spec: ParentSpec, rebuild: bool) -> None:
@@ -246,79 +492,106 @@ def _replace_children(cur: psycopg.Cursor[Any], spec: ParentSpec, child: ChildSp
     return TableCounts(inserted=cur.rowcount, deleted=deleted)
 
 
-def _archive(cur: psycopg.Cursor[Any], spec: ParentSpec) -> None:
-    cur.execute(
-        sql.SQL(
-            "INSERT INTO order_archive (api, order_key, fetched_at, payload_hash, raw) "
-            "SELECT %s, s.{key}::text, s.fetched_at, s.payload_hash, s.raw FROM {stage} s "
-            "JOIN {changed} c ON c.key = s.{key} ORDER BY s.{key}"
-        ).format(
-            key=_ident(spec.key),
-            stage=_ident(_stage_name(spec.table)),
-            changed=_ident(f"_changed_{spec.api}"),
-        ),
-        (spec.api,),
-    )
+def _write_staged(
+    cur: psycopg.Cursor[Any],
+    spec: ParentSpec,
+    staged: list[Encoded],
+    rebuild: bool,
+    result: LoadResult,
+) -> None:
+    """The safe path: stage everything, upsert with the guard repeated in the statement."""
+    _copy_lines(cur, _stage_name(spec.table), spec.columns, _rows(staged, spec.table.name))
+    for child in spec.children:
+        name = child.table.name
+        _copy_lines(cur, _stage_name(child.table), child.columns, _rows(staged, name))
+    _upsert_parents(cur, spec, rebuild)
+    cur.execute(sql.SQL("SELECT key, inserted FROM {}").format(_ident(f"_changed_{spec.api}")))
+    changed = cur.fetchall()
+    result.changed = [k for k, _ in changed]
+    counts = result.orders
+    counts.inserted = sum(1 for _, ins in changed if ins)
+    counts.updated = len(changed) - counts.inserted
+    for child in spec.children:
+        result.tables[child.table.name].add(_replace_children(cur, spec, child))
+    written = set(result.changed)
+    if not rebuild:
+        archived = [o for o in staged if o.key in written]
+        _copy_lines(cur, t.order_archive.name, ARCHIVE_COLUMNS, _rows(archived, "order_archive"))
+    # Staged but refused by the guard: a concurrent writer stored a newer payload.
+    lost = {o.key for o in staged} - written
+    result.stale.extend(sorted(lost, key=str))
+
+
+def _as_encoded(orders: Iterable[NormalizedOrder | Encoded]) -> Iterable[Encoded]:
+    tx = Transformer()
+    for order in orders:
+        yield order if isinstance(order, Encoded) else encode(order, tx=tx)
 
 
 def load(
     conn: psycopg.Connection[Any],
     api: str,
-    orders: Iterable[NormalizedOrder],
+    orders: Iterable[NormalizedOrder | Encoded],
     *,
     rebuild: bool = False,
 ) -> LoadResult:
-    """Upsert ``orders`` of ``api`` ("wdk" or "omni") in the caller's open transaction.
+    """Load ``orders`` of ``api`` ("wdk" or "omni") in the caller's open transaction.
 
     ``rebuild=True`` (for ``etl replay``) rewrites every order not older than the stored one,
     even when its hash is unchanged, without moving ``changed_at`` or archiving.
     """
     spec = SPECS[api]
-    batch = dedupe_latest(orders)
+    batch = dedupe_latest(_as_encoded(orders))
     result = LoadResult(api, {spec.table.name: TableCounts()})
-    counts = result.orders
     for child in spec.children:
         result.tables[child.table.name] = TableCounts()
     if not batch:
         return result
+    batch.sort(key=lambda o: o.key)
     with conn.cursor() as cur:
         _ensure_stage(cur, spec)
-        existing = _existing(cur, spec, [o.key for o in batch])
-        unchanged, staged = [], []
+        existing = _existing(cur, spec, [o.key for o in batch], lock=False)
+        # Lock (in key order) and read again only the rows this batch will rewrite: locking an
+        # unchanged row would write its lock to the WAL for nothing, as it is not written.
+        rewrite = [
+            o.key for o in batch if o.key in existing and _to_write(o, existing[o.key], rebuild)
+        ]
+        if rewrite:
+            existing.update(_existing(cur, spec, rewrite, lock=True))
+        new: list[Encoded] = []
+        changed: list[Encoded] = []
+        unchanged: list[Encoded] = []
         for order in batch:
             stored = existing.get(order.key)
-            if stored is not None and order.fetched_at < stored[1]:
+            if stored is None:
+                new.append(order)
+            elif order.fetched_at < stored[1]:
                 result.stale.append(order.key)
-            elif stored is not None and stored[0] == order.parent["payload_hash"] and not rebuild:
+            elif stored[0] == order.payload_hash and not rebuild:
                 unchanged.append(order)
             else:
-                staged.append(order)
-        _touch_unchanged(cur, spec, unchanged)
-        counts.unchanged = len(unchanged)
+                changed.append(order)
+        for group in (new, changed):
+            for i, order in enumerate(group):
+                if order.rows is None:
+                    group[i] = renormalize(order)
+                    result.late_normalized += 1
+        result.orders.unchanged = len(unchanged)
         for child in spec.children:
             result.tables[child.table.name].unchanged = sum(
-                len(o.children[child.table.name]) for o in unchanged
+                (o.counts or {}).get(child.table.name, 0) for o in unchanged
             )
-        if staged:
-            _copy(cur, _stage_name(spec.table), spec.columns, (o.parent for o in staged))
-            for child in spec.children:
-                rows = (r for o in staged for r in o.children[child.table.name])
-                _copy(cur, _stage_name(child.table), child.columns, rows)
-            _upsert_parents(cur, spec, rebuild)
-            cur.execute(
-                sql.SQL("SELECT key, inserted FROM {}").format(_ident(f"_changed_{spec.api}"))
-            )
-            changed = cur.fetchall()
-            result.changed = [k for k, _ in changed]
-            counts.inserted = sum(1 for _, ins in changed if ins)
-            counts.updated = len(changed) - counts.inserted
-            for child in spec.children:
-                result.tables[child.table.name].add(_replace_children(cur, spec, child))
-            if not rebuild:
-                _archive(cur, spec)
-            # Staged but refused by the guard: a concurrent writer stored a newer payload.
-            lost = {o.key for o in staged} - set(result.changed)
-            result.stale.extend(sorted(lost, key=str))
-        counts.stale = len(result.stale)
-        cur.execute(sql.SQL("TRUNCATE {}").format(_ident(f"_changed_{spec.api}")))
+        if new or changed:
+            try:
+                with conn.transaction():  # a savepoint: the batch is already in a transaction
+                    _write_direct(cur, spec, new, changed, rebuild, result)
+            except psycopg.errors.UniqueViolation:
+                for counts in result.tables.values():
+                    counts.inserted = counts.updated = counts.deleted = 0
+                result.fast_path = False
+                _write_staged(
+                    cur, spec, sorted([*new, *changed], key=lambda o: o.key), rebuild, result
+                )
+        result.orders.stale = len(result.stale)
+        _clear_stage(cur, spec)
     return result

@@ -420,7 +420,9 @@ def refresh_open(
             "ORDER BY o.synced_at LIMIT :limit "
             "ON CONFLICT (api, id_kind, key) DO UPDATE SET state = 'pending', attempts = 0, "
             "not_found_checks = 0, next_attempt_at = now(), updated_at = now(), done_at = NULL, "
-            "priority = excluded.priority WHERE sync_queue.state IN ('done', 'not_found', 'dead')"
+            "priority = excluded.priority WHERE sync_queue.state IN ('done', 'not_found', 'dead') "
+            # an unchanged re-fetch moves only the queue row's done_at, not the order's synced_at
+            "AND coalesce(sync_queue.done_at, '-infinity') < now() - make_interval(secs => :age)"
         ),
         {
             "final": list(final_statuses),

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from etl.db.tables import sync_runs
 
-KINDS = ("worker", "sync", "backfill", "replay", "demo", "tmc")
+KINDS = ("worker", "sync", "backfill", "replay", "demo", "tmc", "load")
 HEARTBEAT_SECONDS = 15.0  # a running process touches its run at least this often
 STALE_SECONDS = 90.0  # a running run not heard of for this long is shown as gone
 

@@ -47,11 +47,15 @@ def json_pair(name: str, comment: str) -> list[sa.Column[Any]]:
 
 
 def bookkeeping() -> list[sa.Column[Any]]:
-    """Columns every parent (order) table carries."""
+    """Columns every parent (order) table carries (its raw JSON lives in order_archive)."""
     now = sa.text("now()")
     return [
-        c("raw", JSONB, "the order exactly as received (simplified shape)", nullable=False),
-        c("payload_hash", sa.Text, "sha256 of the canonical payload", nullable=False),
+        c(
+            "payload_hash",
+            sa.Text,
+            "sha256 of the canonical payload; its raw JSON is the order_archive row with this hash",
+            nullable=False,
+        ),
         c("unknown_fields", sa.ARRAY(sa.Text), "fields the schema does not know yet (in raw)"),
         c(
             "first_synced_at",
@@ -60,7 +64,14 @@ def bookkeeping() -> list[sa.Column[Any]]:
             nullable=False,
             server_default=now,
         ),
-        c("synced_at", TZ, "when etl last received the order", nullable=False, server_default=now),
+        c(
+            "synced_at",
+            TZ,
+            "when etl last wrote the order (new or changed content); an unchanged re-fetch "
+            "is recorded on its sync_queue row (done_at), not here",
+            nullable=False,
+            server_default=now,
+        ),
         c(
             "changed_at",
             TZ,
@@ -329,7 +340,7 @@ sync_runs = sa.Table(
     "sync_runs",
     metadata,
     c("id", sa.BigInteger, "run id", primary_key=True, autoincrement=True),
-    c("kind", sa.Text, "worker, sync, backfill, replay, demo or tmc", nullable=False),
+    c("kind", sa.Text, "worker, sync, backfill, replay, demo, tmc or load", nullable=False),
     c(
         "status",
         sa.Text,
@@ -389,10 +400,15 @@ order_archive = sa.Table(
     c("order_key", sa.Text, "biz_order_id (wdk) or order_id (omni), as text", nullable=False),
     c("fetched_at", TZ, "when this version was fetched", nullable=False),
     c("payload_hash", sa.Text, "sha256 of the canonical payload", nullable=False),
-    c("raw", JSONB, "the order exactly as received (simplified shape)", nullable=False),
+    c(
+        "raw",
+        sa.Text,
+        "the order as received (simplified shape), JSON text; read it with raw::jsonb",
+        nullable=False,
+    ),
     c("archived_at", TZ, "when it was archived", nullable=False, server_default=sa.text("now()")),
     sa.Index(None, "api", "order_key", "fetched_at"),
-    comment="every changed version of every order, as received: the audit trail",
+    comment="every version of every order, as received: the one place raw JSON is stored",
 )
 
 top_bans = sa.Table(

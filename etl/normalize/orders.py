@@ -8,9 +8,11 @@ an order without its key cannot be stored: :class:`InvalidOrder`.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -208,7 +210,80 @@ def content_hash(order: Mapping[str, Any]) -> str:
     return _hash_simplified(unwrap_lists(dict(order)))
 
 
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """An order before normalization: its key, canonical content hash and raw JSON text."""
+
+    key: Any
+    payload_hash: str
+    raw: bytes  # UTF-8 JSON text
+
+
+def order_key(api: str, raw: Mapping[str, Any]) -> Any:
+    """The order's key as the tables store it (wdk: bigint, omni: text); InvalidOrder if none."""
+    if api == "wdk":
+        try:
+            key = f.to_int(raw.get("biz_order_id"))
+        except f.BadField:
+            key = None
+        if key is None:
+            raise InvalidOrder(
+                f"order without a readable biz_order_id: {raw.get('biz_order_id')!r}"
+            )
+        return key
+    oid = f.to_text(raw.get("order_id")) if raw.get("order_id") is not None else None
+    if not oid:
+        raise InvalidOrder(f"omni order without an order_id: {raw.get('order_id')!r}")
+    return oid
+
+
+def digest(
+    api: str, order: Mapping[str, Any], *, simplified: bool = False
+) -> tuple[dict[str, Any], Digest]:
+    """The simplified order and its :class:`Digest`, without normalizing anything: enough to
+    tell an unchanged order (same hash as the stored one) before paying for normalization.
+    ``simplified``: the caller already unwrapped the order's lists (not checked again)."""
+    raw: dict[str, Any] = order if simplified and type(order) is dict else unwrap_lists(dict(order))
+    text, content = raw_and_hash(raw)
+    return raw, Digest(order_key(api, raw), content, text)
+
+
+# An object member whose value is null, [] or {}: what _canonical drops, matched in compact JSON
+# text (a '"' inside a string is always escaped, so '{"' / ',"' only ever start a member).
+_MEMBER = rb'"(?:[^"\\]|\\.)*":(?:null|\[\]|\{\})'
+_EMPTY_LATER_MEMBER = re.compile(rb"," + _MEMBER + rb"(?=[,}])")
+_EMPTY_FIRST_MEMBER = re.compile(rb"(?<=\{)" + _MEMBER + rb"(?:,|(?=\}))")
+
+
+def canonical_text(blob: bytes) -> bytes:
+    """Compact, key-sorted JSON text → the text of its canonical form (see :func:`_canonical`):
+    the same bytes as dumping the canonical value, without walking the value in Python."""
+    while b":null" in blob or b":[]" in blob or b":{}" in blob:  # else nothing to drop
+        out = _EMPTY_FIRST_MEMBER.sub(b"", _EMPTY_LATER_MEMBER.sub(b"", blob))
+        if out == blob:
+            break
+        blob = out
+    return blob
+
+
 def _hash_simplified(raw: dict[str, Any]) -> str:
+    return raw_and_hash(raw)[1]
+
+
+def raw_and_hash(raw: dict[str, Any]) -> tuple[bytes, str]:
+    """The simplified order's JSON text (UTF-8) as stored (keys sorted, like jsonb would) and
+    its content hash, from one serialisation."""
+    try:
+        blob = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # an integer beyond 64 bits: the slow, structural way
+        return f.dumps(raw).encode(), _hash_structural(raw)
+    content = hashlib.sha256(canonical_text(blob)).hexdigest()
+    if b"\\u0000" in blob:  # jsonb refuses NUL; the hash is of the text as received
+        blob = blob.replace(b"\\u0000", b"")
+    return blob, content
+
+
+def _hash_structural(raw: dict[str, Any]) -> str:
     canonical = _canonical(raw)
     try:
         blob = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
@@ -225,31 +300,113 @@ def _sorted(value: Any) -> Any:
     return value
 
 
-def _apply(spec: Spec, item: Mapping[str, Any], where: str, bad: list[str]) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    get = item.get
-    for name, parser in spec.items():
-        value = get(name)
-        if parser is f.to_text and type(value) is str and "\x00" not in value:
-            row[name] = value  # the common case, inlined
-            continue
-        if parser is JSON:
-            loose = f.loose_json(value)
-            row[name] = loose.text
-            row[f"{name}_raw"] = loose.raw
-            if not loose.ok:
-                bad.append(f"{where}{name}")
-            continue
-        assert callable(parser)
+def _slow(parser: Parser, value: Any, where: str, name: str, bad: list[str]) -> Any:
+    try:
+        return parser(value)
+    except f.BadField:
+        bad.append(f"{where}{name}")
+        return None
+
+
+def _decimal(value: Any, where: str, name: str, bad: list[str]) -> Decimal | None:
+    if type(value) is int:
+        return Decimal(value)
+    if type(value) is str:  # the common case: a plain decimal string
         try:
-            row[name] = parser(value)
-        except f.BadField:
-            row[name] = None
-            bad.append(f"{where}{name}")
-    return row
+            number = Decimal(value)
+        except InvalidOperation:
+            number = None
+        if number is not None and number.is_finite():
+            return number
+    return _slow(f.to_decimal, value, where, name, bad)  # type: ignore[no-any-return]
+
+
+def _json(value: Any, where: str, name: str, bad: list[str]) -> tuple[str | None, str | None]:
+    if type(value) is str:
+        if value == "":
+            return None, value
+        # the common case: strict JSON text, which jsonb takes as it is
+        if value[0] in "{[" and "\x00" not in value and "\\u0000" not in value:
+            try:
+                orjson.loads(value)
+            except orjson.JSONDecodeError:
+                pass
+            else:
+                return value, value
+    loose = f.loose_json(value)
+    if not loose.ok:
+        bad.append(f"{where}{name}")
+    return loose.text, loose.raw
+
+
+# Inlined fast paths per parser: the value as it is when the guard holds, else the parser.
+_FAST_GUARD: dict[Any, str] = {
+    f.to_int: "v is None or (type(v) is int and -9223372036854775808 <= v < 9223372036854775808)",
+    f.to_int32: "v is None or (type(v) is int and -2147483648 <= v < 2147483648)",
+    f.to_int16: "v is None or (type(v) is int and -32768 <= v < 32768)",
+    f.to_text: "v is None or (type(v) is str and '\\x00' not in v)",
+}
+_BLANK_NONE = (f.to_time,)  # None and "" are NULL without calling the parser
+
+
+RowFn = Callable[[Mapping[str, Any], str, list[str]], dict[str, Any]]
+
+
+def _compile(spec: Spec, label: str) -> RowFn:
+    """Specialise ``spec`` once: one function reading every field with the parser's fast path
+    inlined, building the row dict in a single literal (no per-field dispatch, no copies)."""
+    lines = ["def apply(item, where, bad):", "    g = item.get"]
+    names: list[tuple[str, str]] = []
+    env: dict[str, Any] = {"_slow": _slow, "_json": _json, "_decimal": _decimal}
+    for i, (name, parser) in enumerate(spec.items()):
+        var = f"v{i}"
+        lines.append(f"    v = g({name!r})")
+        if parser is JSON:
+            call = f"_json(v, where, {name!r}, bad)"
+            lines.append(f"    {var}, {var}r = (None, None) if v is None else {call}")
+            names += [(name, var), (f"{name}_raw", f"{var}r")]
+            continue
+        env[f"p{i}"] = parser
+        slow = f"_slow(p{i}, v, where, {name!r}, bad)"
+        if parser in _FAST_GUARD:
+            lines.append(f"    {var} = v if {_FAST_GUARD[parser]} else {slow}")
+        elif parser is f.to_decimal:
+            call = f"_decimal(v, where, {name!r}, bad)"
+            lines.append(f"    {var} = None if v is None or v == '' else {call}")
+        elif parser in _BLANK_NONE:
+            lines.append(f"    {var} = None if v is None or v == '' else {slow}")
+        else:
+            lines.append(f"    {var} = {slow}")
+        names.append((name, var))
+    body = ", ".join(f"{n!r}: {v}" for n, v in names)
+    lines.append(f"    return {{{body}}}")
+    code = compile("\n".join(lines), f"<normalizer {label}>", "exec")
+    exec(code, env)  # noqa: S102 - our own generated code, built from the specs above
+    fn: RowFn = env["apply"]
+    return fn
+
+
+_APPLY = {
+    id(spec): _compile(spec, label)
+    for spec, label in (
+        (WDK_ORDER, "wdk_order"),
+        (WDK_PAY_CHANNEL, "wdk_pay_channel"),
+        (WDK_SUB_ORDER, "wdk_sub_order"),
+        (OMNI_ORDER, "omni_order"),
+        (OMNI_PROMOTION, "omni_promotion"),
+        (OMNI_SUBPAY, "omni_subpay"),
+        (OMNI_SERIAL, "omni_serial"),
+    )
+}
+
+
+def _apply(spec: Spec, item: Mapping[str, Any], where: str, bad: list[str]) -> dict[str, Any]:
+    return _APPLY[id(spec)](item, where, bad)
 
 
 def _unknown(item: Mapping[str, Any], known: frozenset[str], where: str) -> list[str]:
+    if known.issuperset(item):  # the common case, without building a set
+        return []
     extra = item.keys() - known
     return [f"{where}{k}" for k in extra] if extra else []
 
@@ -269,18 +426,35 @@ def _missing_key(bad: list[str], where: str) -> None:
         bad.append(where)
 
 
-def _bookkeeping(raw: dict[str, Any], fetched_at: datetime, unknown: list[str]) -> dict[str, Any]:
+def _bookkeeping(
+    raw: dict[str, Any],
+    fetched_at: datetime,
+    unknown: list[str],
+    known: tuple[bytes, str] | None,
+) -> dict[str, Any]:
+    text, digest = known if known is not None else raw_and_hash(raw)
     return {
-        "raw": f.dumps(raw),
-        "payload_hash": _hash_simplified(raw),
+        "raw": text,
+        "payload_hash": digest,
         "unknown_fields": sorted(set(unknown)) or None,
         "fetched_at": fetched_at,
     }
 
 
-def normalize_wdk(order: Mapping[str, Any], fetched_at: datetime) -> NormalizedOrder:
-    """An alibaba.wdk.order.get order → wdk_orders / wdk_pay_channels / wdk_sub_orders rows."""
-    raw: dict[str, Any] = unwrap_lists(dict(order))
+def normalize_wdk(
+    order: Mapping[str, Any],
+    fetched_at: datetime,
+    *,
+    known: tuple[bytes, str] | None = None,
+) -> NormalizedOrder:
+    """An alibaba.wdk.order.get order → wdk_orders / wdk_pay_channels / wdk_sub_orders rows.
+
+    ``known`` is ``(raw JSON text, payload hash)`` when the caller has them already (an order
+    digested before, see :func:`digest`): ``order`` is then taken as the simplified shape.
+    """
+    raw: dict[str, Any] = (
+        order if known is not None and type(order) is dict else unwrap_lists(dict(order))
+    )
     bad: list[str] = []
     parent = _apply(WDK_ORDER, raw, "", bad)
     key = parent["biz_order_id"]
@@ -304,7 +478,7 @@ def normalize_wdk(order: Mapping[str, Any], fetched_at: datetime) -> NormalizedO
             continue
         row.update(order_biz_order_id=key, seq=seq)
         subs.append(row)
-    parent.update(_bookkeeping(raw, fetched_at, unknown))
+    parent.update(_bookkeeping(raw, fetched_at, unknown, known))
     return NormalizedOrder(
         "wdk",
         key,
@@ -316,10 +490,16 @@ def normalize_wdk(order: Mapping[str, Any], fetched_at: datetime) -> NormalizedO
 
 
 def normalize_omni(
-    model: Mapping[str, Any], fetched_at: datetime, user_id: str | None = None
+    model: Mapping[str, Any],
+    fetched_at: datetime,
+    user_id: str | None = None,
+    *,
+    known: tuple[bytes, str] | None = None,
 ) -> NormalizedOrder:
     """An alibaba.omni.order.query model → omni_orders / omni_subpay_orders / omni_pay_serials."""
-    raw: dict[str, Any] = unwrap_lists(dict(model))
+    raw: dict[str, Any] = (
+        model if known is not None and type(model) is dict else unwrap_lists(dict(model))
+    )
     bad: list[str] = []
     parent = _apply(OMNI_ORDER, raw, "", bad)
     key = parent["order_id"]
@@ -349,7 +529,7 @@ def normalize_omni(
         unknown += _unknown(item, KNOWN["omni_serial"], "pay_order_serial_infos.")
         row.update(order_id=key, seq=seq)
         serials.append(row)
-    parent.update(_bookkeeping(raw, fetched_at, unknown))
+    parent.update(_bookkeeping(raw, fetched_at, unknown, known))
     return NormalizedOrder(
         "omni",
         key,

@@ -40,9 +40,9 @@ def test_json_numbers_and_decimals(db_url: str) -> None:
     with psycopg.connect(db_url) as conn:  # an order through the real loader would do as well
         conn.execute(
             "INSERT INTO wdk_orders (biz_order_id, store_id, trd_type, pay_time, original_amt, "
-            "pay_amt, post_fee, raw, payload_hash, synced_at, first_synced_at, changed_at, "
+            "pay_amt, post_fee, payload_hash, synced_at, first_synced_at, changed_at, "
             "fetched_at) "
-            "SELECT 1000000000000000001, 'S1', 1, '2024-01-01 10:00+08', 1250, 1200, 0, '{}', "
+            "SELECT 1000000000000000001, 'S1', 1, '2024-01-01 10:00+08', 1250, 1200, 0, "
             "'h', now(), now(), now(), now()"
         )
     result = run(db_url, "report", "daily-sales", "--format", "json")

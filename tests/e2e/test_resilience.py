@@ -303,7 +303,12 @@ def test_a_killed_run_shows_as_killed_and_its_counters_are_what_it_committed(
         inserted_sql = "SELECT coalesce(max(orders_inserted), 0) FROM sync_runs"
         assert _wait_for(lambda: one(db_url, inserted_sql) >= 100, 30)
         os.kill(worker.pid, signal.SIGKILL)
-        worker.communicate(timeout=10)
+        worker.wait(10)
+        # (its normalizer processes notice and exit by themselves; their inherited pipes are ours
+        # to close, not to wait on)
+        for pipe in (worker.stdout, worker.stderr):
+            assert pipe is not None
+            pipe.close()
     inserted = one(db_url, "SELECT orders_inserted FROM sync_runs")
     assert inserted == one(db_url, "SELECT count(*) FROM wdk_orders")  # saved with each batch
     status = _run(env, "status")

@@ -115,7 +115,11 @@ def test_exact_big_ids_unknown_topics_unreadable_and_no_call_for_an_old_message(
     assert sim.counters.by_method.get(WDK, 0) == 0
     synced = run(env, "sync")
     assert synced.returncode == 0, synced.stderr
-    loaded = q(db_url, "SELECT biz_order_id, raw->>'biz_order_id' FROM wdk_orders ORDER BY 1")
+    loaded = q(
+        db_url,
+        "SELECT biz_order_id, etl_raw('wdk', biz_order_id::text)->>'biz_order_id' "
+        "FROM wdk_orders ORDER BY 1",
+    )
     assert loaded == [(big_number, str(big_number)), (big_text, str(big_text))]
     assert tmc.unconfirmed() == 0
     assert q(db_url, "SELECT message_id, content FROM tmc_unreadable") == [
@@ -196,7 +200,12 @@ def test_worker_with_tmc_keeps_the_tables_equal_to_the_simulator(db_url: str) ->
         assert worker.returncode == 0, err
         moved = dict(sim.sim.tmc.status)
         assert len(moved) > 50
-        stored = {r[0]: r[1] for r in q(db_url, "SELECT biz_order_id, raw FROM wdk_orders")}
+        stored = {
+            r[0]: r[1]
+            for r in q(
+                db_url, "SELECT biz_order_id, etl_raw('wdk', biz_order_id::text) FROM wdk_orders"
+            )
+        }
         assert set(moved) <= set(stored)
         for biz, raw in stored.items():
             assert raw == sim.sim.current_wdk_order(biz), biz

@@ -54,9 +54,9 @@ def _consistent(url: str) -> None:
     bad = q(
         url,
         "SELECT o.biz_order_id FROM wdk_orders o WHERE "
-        "jsonb_array_length(o.raw->'sub_orders') <> "
+        "jsonb_array_length(etl_raw('wdk', o.biz_order_id::text)->'sub_orders') <> "
         "(SELECT count(*) FROM wdk_sub_orders s WHERE s.order_biz_order_id = o.biz_order_id) OR "
-        "jsonb_array_length(o.raw->'pay_channels') <> "
+        "jsonb_array_length(etl_raw('wdk', o.biz_order_id::text)->'pay_channels') <> "
         "(SELECT count(*) FROM wdk_pay_channels p WHERE p.biz_order_id = o.biz_order_id)",
     )
     assert bad == []

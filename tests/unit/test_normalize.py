@@ -325,3 +325,21 @@ def test_empty_list_spellings_hash_the_same() -> None:
     null = dict(order, pay_channels=None)
     hashes = {content_hash(o) for o in (order, absent, wrapped_empty, null)}
     assert len(hashes) == 1
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=6),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(["a", "b", 'c"', "d\\", ",", "{"]), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=4), _json_values, max_size=6))
+def test_text_canonical_hash_equals_the_structural_one(value: dict[str, Any]) -> None:
+    from etl.normalize import orders
+
+    assert orders._hash_simplified(value) == orders._hash_structural(value)

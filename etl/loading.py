@@ -1,0 +1,314 @@
+"""The overlapped load path: digest → hash check → normalize (another process) → load.
+
+Used by ``etl load`` (captured response bodies), ``etl replay`` (stored raw JSON), the sync
+loop (:func:`prepare` for the orders a batch fetched) and the benchmarks. For each batch:
+
+1. *digest* (key, canonical content hash, raw JSON text) — no normalization;
+2. look up the stored hashes of the batch's keys (one SELECT) — an unchanged order (same hash)
+   or a stale one (fetched before the stored one) is never normalized;
+3. *normalize + encode* the rest to COPY text in the :class:`~etl.normalize.pool.Normalizer`;
+4. :func:`etl.db.load.load` (which checks again, locking the rows it rewrites), then commit.
+
+:func:`run` keeps up to ``depth`` batches between steps 1 and 4, so while the database loads one
+batch the pool normalizes the next ones: the memory held is bounded by ``depth`` batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import psycopg
+import sqlalchemy as sa
+
+from etl import errors
+from etl.db import load
+from etl.db.load import Encoded
+from etl.normalize.pool import (
+    Digested,
+    Normalizer,
+    digest_lines,
+    digest_orders,
+    encode_orders,
+)
+
+log = logging.getLogger(__name__)
+
+DEPTH = 3  # batches in flight between reading and loading
+BATCH_LINES = 2000  # lines per batch at most ...
+BATCH_BYTES = 4 << 20  # ... and about this many bytes (≈ 750 orders of ~5 KB)
+
+
+def needs_rows(orders: list[Encoded], stored: dict[Any, tuple[str, datetime]]) -> list[Encoded]:
+    """The orders to normalize: new, or changed and not older than the stored payload."""
+    out = []
+    for order in orders:
+        seen = stored.get(order.key)
+        if seen is None or (seen[0] != order.payload_hash and order.fetched_at >= seen[1]):
+            out.append(order)
+    return out
+
+
+@dataclass
+class Totals:
+    """What a run loaded, summed over its batches."""
+
+    batches: int = 0
+    orders: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    stale: int = 0
+    normalized: int = 0  # orders that paid for normalization (new or changed ones only)
+    bad_lines: int = 0
+    bad_fields: dict[str, int] = field(default_factory=dict)
+    unknown_fields: set[str] = field(default_factory=set)
+
+    def add(self, result: load.LoadResult, normalized: int) -> None:
+        o = result.orders
+        self.batches += 1
+        self.inserted += o.inserted
+        self.updated += o.updated
+        self.unchanged += o.unchanged
+        self.stale += o.stale
+        self.normalized += normalized + result.late_normalized
+
+
+@dataclass
+class _Slot:
+    digest: Future[Digested]
+    staged: Future[None] | None = None  # the hash check + hand-off to the pool, done
+    rows: Future[list[Encoded]] | None = None
+    skipped: list[Encoded] = field(default_factory=list)
+    digested: Digested | None = None
+
+
+OnBatch = Callable[[Digested, load.LoadResult], None]
+Lookup = Callable[[list[Any]], dict[Any, tuple[str, datetime]]]
+
+
+def run(
+    conn: psycopg.Connection[Any],
+    api: str,
+    digests: Iterable[Future[Digested]],
+    normalizer: Normalizer,
+    *,
+    rebuild: bool = False,
+    depth: int = DEPTH,
+    lookup_conn: psycopg.Connection[Any] | None = None,
+    on_batch: OnBatch | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> Totals:
+    """Load every batch of ``digests`` (futures, pulled lazily: at most ``depth`` in flight),
+    each in its own transaction on ``conn``. ``rebuild`` (replay) normalizes and rewrites every
+    order. ``stop()`` true ends the run after the batches already loaded.
+
+    With ``lookup_conn`` (another connection) or ``rebuild``, a helper thread checks each
+    digested batch's hashes and hands it to the pool as soon as it is digested, so the pool
+    never waits for this thread's load to finish; otherwise that is done here, between loads.
+    """
+    totals = Totals()
+    window: deque[_Slot] = deque()
+    source: Iterator[Future[Digested]] = iter(digests)
+    exhausted = False
+    lookup: Lookup | None = None
+    if not rebuild:
+        lookup = _lookup(lookup_conn or conn, api)
+    with ThreadPoolExecutor(1, thread_name_prefix="etl-stage") as stager:
+        threaded = rebuild or lookup_conn is not None
+        try:
+            while True:
+                while not exhausted and len(window) < depth and not (stop and stop()):
+                    nxt = next(source, None)
+                    if nxt is None:
+                        exhausted = True
+                        break
+                    slot = _Slot(nxt)
+                    if threaded:
+                        slot.staged = stager.submit(_to_pool, slot, normalizer, lookup)
+                    window.append(slot)
+                if not window:
+                    return totals
+                if not threaded:  # every digested batch to the pool now, before this load
+                    for i, slot in enumerate(window):
+                        if slot.rows is None and (i == 0 or slot.digest.done()):
+                            _to_pool(slot, normalizer, lookup)
+                head = window.popleft()
+                if head.staged is not None:
+                    head.staged.result()
+                assert head.rows is not None
+                assert head.digested is not None
+                encoded = head.rows.result()
+                result = load.load(conn, api, [*encoded, *head.skipped], rebuild=rebuild)
+                conn.commit()
+                totals.orders += len(head.digested.orders)
+                totals.bad_lines += len(head.digested.errors)
+                totals.add(result, len(encoded))
+                for order in encoded:
+                    for name in order.bad_fields:
+                        totals.bad_fields[name] = totals.bad_fields.get(name, 0) + 1
+                    totals.unknown_fields.update(order.unknown_fields)
+                if on_batch:
+                    on_batch(head.digested, result)
+                if stop and stop():
+                    return totals
+        finally:
+            for slot in window:  # stopped or failed: drop what is still queued
+                slot.digest.cancel()
+                if slot.staged is not None:
+                    slot.staged.cancel()
+            for slot in window:
+                if slot.staged is not None and not slot.staged.cancelled():
+                    with contextlib.suppress(BaseException):
+                        slot.staged.result()
+                if slot.rows is not None:
+                    slot.rows.cancel()
+
+
+def _lookup(conn: psycopg.Connection[Any], api: str) -> Lookup:
+    def stored(keys: list[Any]) -> dict[Any, tuple[str, datetime]]:
+        found = load.stored_hashes(conn, api, keys)
+        conn.commit()  # a read only: end its transaction so no snapshot is held meanwhile
+        return found
+
+    return stored
+
+
+def _to_pool(slot: _Slot, normalizer: Normalizer, lookup: Lookup | None) -> None:
+    """Check a digested batch's hashes (``lookup`` None: rebuild, all of them) and hand the
+    orders to normalize to the pool."""
+    digested = slot.digest.result()
+    if lookup is None:
+        need = digested.orders
+    else:
+        stored = lookup(list({o.key for o in digested.orders}))
+        need = needs_rows(digested.orders, stored)
+        picked = {id(o) for o in need}
+        slot.skipped = [o for o in digested.orders if id(o) not in picked]
+    slot.rows = normalizer.submit(len(need), encode_orders, need)
+    slot.digested = digested
+
+
+async def prepare(
+    normalizer: Normalizer,
+    stored: Callable[[list[Any]], dict[Any, tuple[str, datetime]]],
+    api: str,
+    entries: list[tuple[str, dict[str, Any], str | None]],
+    fetched_at: datetime,
+) -> tuple[dict[str, Encoded], dict[str, str], int]:
+    """For the sync loop: the orders one batch fetched (already parsed), ready to load.
+
+    Returns the orders by caller key (unchanged ones without rows), the invalid ones with why,
+    and how many were normalized. ``stored(keys)`` looks up the stored hashes (a worker thread
+    runs it)."""
+    done, invalid = await asyncio.to_thread(digest_orders, api, entries, fetched_at)
+    orders = list(done.values())
+    if not orders:
+        return done, invalid, 0
+    seen = await asyncio.to_thread(stored, list({o.key for o in orders}))
+    need = needs_rows(orders, seen)
+    if need:
+        loop = asyncio.get_running_loop()
+        # the process pool, or (small batch / no pool) the default thread pool
+        pool = normalizer.pool_for(len(need))
+        encoded = await loop.run_in_executor(pool, encode_orders, need)
+        by_id = {id(o): e for o, e in zip(need, encoded, strict=True)}
+        done = {k: by_id.get(id(o), o) for k, o in done.items()}
+    return done, invalid, len(need)
+
+
+def stored_lookup(
+    connect: Callable[[], Any], api: str
+) -> Callable[[list[Any]], dict[Any, tuple[str, datetime]]]:
+    """``stored(keys)`` for :func:`prepare` over a SQLAlchemy engine's ``connect``."""
+
+    def stored(keys: list[Any]) -> dict[Any, tuple[str, datetime]]:
+        try:
+            with connect() as conn:
+                pg = conn.connection.driver_connection
+                assert isinstance(pg, psycopg.Connection)
+                out = load.stored_hashes(pg, api, keys)
+                conn.rollback()
+                return out
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, psycopg.OperationalError) as exc:
+            # Only an optimisation: without it every order is normalized, and the load (which
+            # retries while the database is away) checks the hashes again under its lock.
+            log.warning("cannot look up stored hashes, normalizing the whole batch: %s", exc)
+            return {}
+
+    return stored
+
+
+def completed(value: Digested) -> Future[Digested]:
+    fut: Future[Digested] = Future()
+    fut.set_result(value)
+    return fut
+
+
+def _open(name: str) -> IO[bytes]:
+    if name == "-":
+        return sys.stdin.buffer
+    path = Path(name)
+    if not path.is_file():
+        raise errors.InputError(f"{name}: no such file")
+    return path.open("rb")
+
+
+def read_batches(files: Iterable[str], sizes: list[int]) -> Iterator[list[tuple[str, bytes]]]:
+    """``(file:line, bytes)`` of every non-blank line of ``files`` (``-``: standard input), in
+    batches of at most BATCH_LINES lines / about BATCH_BYTES; ``sizes[0]`` counts bytes read."""
+    batch: list[tuple[str, bytes]] = []
+    held = 0
+    for name in files:
+        fh = _open(name)
+        label = "<stdin>" if name == "-" else name
+        try:
+            for number, line in enumerate(fh, 1):
+                sizes[0] += len(line)
+                if not line.strip():
+                    continue
+                batch.append((f"{label}:{number}", line))
+                held += len(line)
+                if len(batch) >= BATCH_LINES or held >= BATCH_BYTES:
+                    yield batch
+                    batch, held = [], 0
+        finally:
+            if fh is not sys.stdin.buffer:
+                fh.close()
+    if batch:
+        yield batch
+
+
+def load_files(
+    conn: psycopg.Connection[Any],
+    api: str,
+    files: Iterable[str],
+    normalizer: Normalizer,
+    fetched_at: datetime,
+    *,
+    user_id: str | None = None,
+    sizes: list[int] | None = None,
+    lookup_conn: psycopg.Connection[Any] | None = None,
+    on_batch: OnBatch | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> Totals:
+    """``etl load``: captured response bodies (JSON lines) through :func:`run`; ``lookup_conn``
+    (a second connection) lets the hash checks run beside the loads."""
+    counted = sizes if sizes is not None else [0]
+
+    def digests() -> Iterator[Future[Digested]]:
+        for batch in read_batches(files, counted):
+            yield normalizer.submit(len(batch), digest_lines, api, batch, fetched_at, user_id)
+
+    return run(
+        conn, api, digests(), normalizer, lookup_conn=lookup_conn, on_batch=on_batch, stop=stop
+    )
