@@ -301,8 +301,10 @@ def test_a_killed_run_shows_as_killed_and_its_counters_are_what_it_committed(
         _enqueue(env, ids, tmp_path)
         worker = _start(env, "worker")
         inserted_sql = "SELECT coalesce(max(orders_inserted), 0) FROM sync_runs"
-        assert _wait_for(lambda: one(db_url, inserted_sql) >= 100, 30)
-        os.kill(worker.pid, signal.SIGKILL)
+        try:
+            assert _wait_for(lambda: one(db_url, inserted_sql) >= 100, 30)
+        finally:
+            os.kill(worker.pid, signal.SIGKILL)
         worker.wait(10)
         # (its normalizer processes notice and exit by themselves; their inherited pipes are ours
         # to close, not to wait on)
