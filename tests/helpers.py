@@ -42,3 +42,16 @@ def etl_cmd(*args: str) -> list[str]:
     import sys
 
     return [sys.executable, "-m", "etl", *args]
+
+
+def q(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` on the database at ``url`` (a fresh connection: tests look from outside)."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def one(url: str, sql: str, *args: Any) -> Any:
+    """The first value of the first row of ``sql``."""
+    return q(url, sql, *args)[0][0]

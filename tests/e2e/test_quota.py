@@ -13,20 +13,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import psycopg
 import pytest
 
 from etl.settings import DEMO_APP_KEY
 from etl.simulator import data
 from etl.simulator.server import SimulatorConfig, SimulatorThread
-from tests.helpers import etl_cmd, etl_env
+from tests.helpers import etl_cmd, etl_env, q
 
 QUOTA = 15
-
-
-def q(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(sql, args).fetchall()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any
 
 import orjson
 import psycopg
@@ -18,7 +17,7 @@ from etl import chinatime
 from etl.simulator import data
 from etl.simulator.server import SimulatorConfig, SimulatorThread
 from etl.simulator.tmc import TmcConfig
-from tests.helpers import etl_cmd, etl_env
+from tests.helpers import etl_cmd, etl_env, q
 
 STATUS = "alibaba_wdkorder_StatusChange"
 CHANNEL = "alibaba_wdk_ChannelOrderStatusChange"
@@ -26,11 +25,6 @@ CANCEL = "alibaba_wdk_ChannelOrderCancel"
 OPEN = "alibaba_wdkopen_OrderMessage"
 OTHER = "taobao_item_ItemStockChanged"
 WDK = "alibaba.wdk.order.get"
-
-
-def q(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(sql, args).fetchall()
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:

@@ -16,16 +16,7 @@ import pytest
 from etl.simulator import data
 from etl.simulator.server import SimulatorConfig, SimulatorThread
 from tests.conftest import stop_server
-from tests.helpers import etl_cmd, etl_env
-
-
-def q(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(sql, args).fetchall()
-
-
-def one(url: str, sql: str, *args: Any) -> Any:
-    return q(url, sql, *args)[0][0]
+from tests.helpers import etl_cmd, etl_env, one, q
 
 
 @pytest.fixture
