@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import psycopg
 import sqlalchemy as sa
@@ -42,6 +42,8 @@ from etl.normalize.pool import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEPTH = 3  # batches in flight between reading and loading
 BATCH_LINES = 2000  # lines per batch at most ...
@@ -90,6 +92,24 @@ class _Slot:
     rows: Future[list[Encoded]] | None = None
     skipped: list[Encoded] = field(default_factory=list)
     digested: Digested | None = None
+    normalized: int = 0
+
+
+class Mix:
+    """What the hash checks found lately: whether the next batches are worth normalizing in
+    the same pass as digesting them (mostly new or changed orders, e.g. a first load)."""
+
+    SHARE = 0.5  # of the orders of the last checked batch that needed rows
+
+    def __init__(self) -> None:
+        self.share: float | None = None  # unknown until a batch was checked
+
+    def observe(self, needed: int, orders: int) -> None:
+        if orders:
+            self.share = needed / orders
+
+    def encode_all(self) -> bool:
+        return self.share is not None and self.share >= self.SHARE
 
 
 OnBatch = Callable[[Digested, load.LoadResult], None]
@@ -107,6 +127,7 @@ def run(
     lookup_conn: psycopg.Connection[Any] | None = None,
     on_batch: OnBatch | None = None,
     stop: Callable[[], bool] | None = None,
+    mix: Mix | None = None,
 ) -> Totals:
     """Load every batch of ``digests`` (futures, pulled lazily: at most ``depth`` in flight),
     each in its own transaction on ``conn``. ``rebuild`` (replay) normalizes and rewrites every
@@ -134,14 +155,14 @@ def run(
                         break
                     slot = _Slot(nxt)
                     if threaded:
-                        slot.staged = stager.submit(_to_pool, slot, normalizer, lookup)
+                        slot.staged = stager.submit(_to_pool, slot, normalizer, lookup, mix)
                     window.append(slot)
                 if not window:
                     return totals
                 if not threaded:  # every digested batch to the pool now, before this load
                     for i, slot in enumerate(window):
                         if slot.rows is None and (i == 0 or slot.digest.done()):
-                            _to_pool(slot, normalizer, lookup)
+                            _to_pool(slot, normalizer, lookup, mix)
                 head = window.popleft()
                 if head.staged is not None:
                     head.staged.result()
@@ -152,7 +173,7 @@ def run(
                 conn.commit()
                 totals.orders += len(head.digested.orders)
                 totals.bad_lines += len(head.digested.errors)
-                totals.add(result, len(encoded))
+                totals.add(result, head.normalized)
                 for order in encoded:
                     for name in order.bad_fields:
                         totals.bad_fields[name] = totals.bad_fields.get(name, 0) + 1
@@ -183,9 +204,11 @@ def _lookup(conn: psycopg.Connection[Any], api: str) -> Lookup:
     return stored
 
 
-def _to_pool(slot: _Slot, normalizer: Normalizer, lookup: Lookup | None) -> None:
+def _to_pool(
+    slot: _Slot, normalizer: Normalizer, lookup: Lookup | None, mix: Mix | None = None
+) -> None:
     """Check a digested batch's hashes (``lookup`` None: rebuild, all of them) and hand the
-    orders to normalize to the pool."""
+    orders to normalize to the pool (unless the digest encoded them all already)."""
     digested = slot.digest.result()
     if lookup is None:
         need = digested.orders
@@ -194,7 +217,14 @@ def _to_pool(slot: _Slot, normalizer: Normalizer, lookup: Lookup | None) -> None
         need = needs_rows(digested.orders, stored)
         picked = {id(o) for o in need}
         slot.skipped = [o for o in digested.orders if id(o) not in picked]
-    slot.rows = normalizer.submit(len(need), encode_orders, need)
+    if mix is not None:
+        mix.observe(len(need), len(digested.orders))
+    if digested.encoded:
+        slot.rows = completed(need)
+        slot.normalized = len(digested.orders)
+    else:
+        slot.rows = normalizer.submit(len(need), encode_orders, need)
+        slot.normalized = len(need)
     slot.digested = digested
 
 
@@ -248,8 +278,8 @@ def stored_lookup(
     return stored
 
 
-def completed(value: Digested) -> Future[Digested]:
-    fut: Future[Digested] = Future()
+def completed(value: T) -> Future[T]:
+    fut: Future[T] = Future()
     fut.set_result(value)
     return fut
 
@@ -304,11 +334,21 @@ def load_files(
     """``etl load``: captured response bodies (JSON lines) through :func:`run`; ``lookup_conn``
     (a second connection) lets the hash checks run beside the loads."""
     counted = sizes if sizes is not None else [0]
+    mix = Mix()
 
     def digests() -> Iterator[Future[Digested]]:
         for batch in read_batches(files, counted):
-            yield normalizer.submit(len(batch), digest_lines, api, batch, fetched_at, user_id)
+            yield normalizer.submit(
+                len(batch), digest_lines, api, batch, fetched_at, user_id, mix.encode_all()
+            )
 
     return run(
-        conn, api, digests(), normalizer, lookup_conn=lookup_conn, on_batch=on_batch, stop=stop
+        conn,
+        api,
+        digests(),
+        normalizer,
+        lookup_conn=lookup_conn,
+        on_batch=on_batch,
+        stop=stop,
+        mix=mix,
     )

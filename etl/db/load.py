@@ -237,9 +237,10 @@ def encode(order: NormalizedOrder, user_id: str | None = None, tx: Any = None) -
     return out
 
 
-def renormalize(order: Encoded) -> Encoded:
-    """Normalize and encode an order kept only as raw JSON (it looked unchanged earlier)."""
-    raw = orjson.loads(order.raw)
+def renormalize(order: Encoded, parsed: dict[str, Any] | None = None) -> Encoded:
+    """Normalize and encode an order kept as raw JSON (its hash already known); ``parsed``:
+    its simplified dict when at hand, else its raw text is parsed."""
+    raw = orjson.loads(order.raw) if parsed is None else parsed
     known = (order.raw, order.payload_hash)
     normalized = (
         normalize_wdk(raw, order.fetched_at, known=known)

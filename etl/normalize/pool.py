@@ -30,11 +30,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-import orjson
-
 from etl import errors
-from etl.db.load import Encoded, encode
-from etl.normalize.orders import InvalidOrder, digest, normalize_omni, normalize_wdk
+from etl.db.load import Encoded, renormalize
+from etl.normalize.orders import InvalidOrder, digest
 from etl.top import apis, envelope
 
 T = TypeVar("T")
@@ -52,11 +50,13 @@ METHODS = {"wdk": apis.WDK_METHOD, "omni": apis.OMNI_METHOD}
 
 @dataclass
 class Digested:
-    """One batch of lines read: the orders found, and what could not be read, by line."""
+    """One batch of lines read: the orders found, and what could not be read, by line.
+    ``encoded``: the orders were normalized and encoded too (every one has its rows)."""
 
     orders: list[Encoded] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)  # (where: file:line, why)
     lines: int = 0
+    encoded: bool = False
 
 
 # A list field in the default shape's wrapping ("orders": {"order": [...]}, or null / {} when
@@ -98,19 +98,37 @@ def digest_lines(
     lines: Sequence[tuple[str, bytes]],
     fetched_at: datetime,
     user_id: str | None = None,
+    encode_all: bool = False,
 ) -> Digested:
     """Read ``(where, JSON line)`` pairs; a bad line is recorded with its ``where``, never
-    fatal."""
-    out = Digested(lines=len(lines))
+    fatal.
+
+    ``encode_all``: normalize and encode every order as well, in the same pass (see
+    :func:`_encode_parsed`) — for batches expected to be mostly new or changed (a first load),
+    where a second hand-off with the raw text and a second parse would cost more than encoding
+    the few orders the hash check then finds unchanged."""
+    out = Digested(lines=len(lines), encoded=encode_all)
     for where, line in lines:
         try:
             wrapped = _WRAPPED.search(line) is not None
+            has_nul = encode_all and b"\\u0000" in line
             for order in _documents(api, envelope.decode(line), wrapped):
-                _, d = digest(api, order, simplified=True)
-                out.orders.append(Encoded(api, d.key, d.payload_hash, fetched_at, d.raw, user_id))
+                raw, d = digest(api, order, simplified=True)
+                found = Encoded(api, d.key, d.payload_hash, fetched_at, d.raw, user_id)
+                if encode_all:
+                    found = _encode_parsed(found, None if has_nul else raw)
+                out.orders.append(found)
         except (errors.TopError, InvalidOrder) as exc:
             out.errors.append((where, f"{exc.__class__.__name__}: {exc}"))
     return out
+
+
+def _encode_parsed(order: Encoded, parsed: dict[str, Any] | None) -> Encoded:
+    """Normalize and encode ``order`` from its simplified dict ``parsed`` (None: from its raw
+    text — the path for a line with an escaped NUL, as the stored text drops NULs)."""
+    encoded = renormalize(order, parsed)
+    encoded.raw = b""  # already in its archive line: not sent back to the loader twice
+    return encoded
 
 
 def digest_orders(
@@ -131,19 +149,7 @@ def digest_orders(
 
 def encode_orders(orders: Sequence[Encoded]) -> list[Encoded]:
     """Normalize and encode orders kept as raw JSON text (their hash is already known)."""
-    out: list[Encoded] = []
-    for order in orders:
-        raw = orjson.loads(order.raw)
-        known = (order.raw, order.payload_hash)
-        normalized = (
-            normalize_wdk(raw, order.fetched_at, known=known)
-            if order.api == "wdk"
-            else normalize_omni(raw, order.fetched_at, order.user_id, known=known)
-        )
-        encoded = encode(normalized, order.user_id)
-        encoded.raw = b""  # already in its archive line: not sent back to the loader twice
-        out.append(encoded)
-    return out
+    return [_encode_parsed(order, None) for order in orders]
 
 
 def _quiet_worker(owner: int) -> None:

@@ -90,3 +90,51 @@ def test_encoded_rows_equal_the_reference_normalizer(i: int) -> None:
     assert encoded.rows == reference.rows
     assert encoded.payload_hash == reference.payload_hash
     assert encoded.raw == b""  # sent back once only: inside the archive line
+
+
+def _mixed_lines() -> list[tuple[str, bytes]]:
+    wdk = [data.wdk_order(data.FIRST_DEMO_BIZ_ID + i, epoch=i, change_rate=0.5) for i in range(6)]
+    wdk[1]["trade_attributes"] = '{"a":1,}'  # repaired
+    wdk[2]["buyer_memo"] = "tab\there, nul \x00 and a backslash \\"  # an escaped NUL in the line
+    wdk[3]["pay_time"] = "the 31st of February"  # a bad field: kept in raw, NULL in its column
+    wdk[4]["extra_thing"] = {"x": 1}  # an unknown field
+    return [
+        ("m:1", _wdk_body(wdk[:3], wrapped=True)),
+        ("m:2", _wdk_body(wdk[3:], wrapped=False)),
+        ("m:3", b"[1, 2"),
+        ("m:4", orjson.dumps(wdk[0])),
+    ]
+
+
+def test_digesting_with_encode_all_gives_the_rows_of_the_two_pass_path() -> None:
+    lines = _mixed_lines()
+    assert b"\\u0000" in lines[0][1]
+    two_pass = pool.digest_lines("wdk", lines, AT)
+    one_pass = pool.digest_lines("wdk", lines, AT, None, True)
+    assert not two_pass.encoded
+    assert one_pass.encoded
+    assert one_pass.errors == two_pass.errors
+    assert len(one_pass.errors) == 1
+    encoded = pool.encode_orders(two_pass.orders)
+    assert len(one_pass.orders) == len(encoded) == 7
+    for got, want in zip(one_pass.orders, encoded, strict=True):
+        assert (got.key, got.payload_hash) == (want.key, want.payload_hash)
+        assert got.rows == want.rows
+        assert got.counts == want.counts
+        assert (got.bad_fields, got.unknown_fields) == (want.bad_fields, want.unknown_fields)
+        assert got.raw == b""
+    assert any(o.bad_fields for o in encoded)
+    assert any(o.unknown_fields for o in encoded)
+
+
+def test_the_mix_encodes_in_one_pass_only_after_mostly_new_batches() -> None:
+    from etl.loading import Mix
+
+    mix = Mix()
+    assert not mix.encode_all()  # nothing known yet: the hash check comes first
+    mix.observe(700, 750)
+    assert mix.encode_all()
+    mix.observe(10, 750)
+    assert not mix.encode_all()
+    mix.observe(0, 0)  # an empty batch says nothing
+    assert not mix.encode_all()
