@@ -50,6 +50,15 @@ def _dump(conn: psycopg.Connection[Any]) -> dict[str, list[tuple[Any, ...]]]:
     return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in TABLES}
 
 
+def _content(conn: psycopg.Connection[Any]) -> dict[str, list[Any]]:
+    """Every row of TABLES without what the database stamps (serial ids, now())."""
+    stamped = "- 'id' - 'archived_at' - 'first_synced_at' - 'synced_at' - 'changed_at'"
+    return {
+        t: sorted(str(r[0]) for r in conn.execute(f"SELECT to_jsonb(x) {stamped} FROM {t} x"))
+        for t in TABLES
+    }
+
+
 def _page(orders: list[dict[str, Any]], *, wrapped: bool = False) -> bytes:
     """One captured alibaba.wdk.order.get response body, in either JSON shape."""
     if wrapped:
@@ -221,3 +230,38 @@ def test_fast_path_falls_back_when_a_concurrent_writer_inserts_a_key(
     assert subs == len(data.wdk_order(raced)["sub_orders"])
     assert _one(conn, "SELECT count(*) FROM wdk_orders") == 10
     assert _one(conn, "SELECT count(*) FROM order_archive") == 10 + (0 if theirs_newer else 1)
+
+
+def test_a_first_load_normalizes_later_batches_in_one_pass_with_the_same_rows(
+    conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setattr(loading, "BATCH_LINES", 1)  # a batch per page: the mix is seen early
+    orders = [data.wdk_order(b) for b in BIZ]
+    path = tmp_path / "pages.jsonl"
+    path.write_bytes(
+        b"\n".join(_page(orders[i : i + 3], wrapped=i % 2 == 0) for i in range(0, 30, 3))
+    )
+    seen: list[bool] = []
+    with pool.Normalizer(1) as normalizer:  # a real process pool
+        first = loading.load_files(
+            conn, "wdk", [str(path)], normalizer, T0, on_batch=lambda d, _r: seen.append(d.encoded)
+        )
+        assert (first.inserted, first.normalized) == (len(BIZ), len(BIZ))
+        assert seen[0] is False  # the first batch is checked before anything is normalized
+        assert True in seen  # later ones, seen to be new, are encoded in the same pass
+        one_pass = _content(conn)
+        conn.execute("TRUNCATE wdk_orders, wdk_pay_channels, wdk_sub_orders, order_archive")
+        conn.commit()
+        _run(conn, path.read_bytes().split(b"\n"), T0)
+        assert _content(conn) == one_pass  # the two-pass path stores the same rows
+        seen.clear()
+        again = loading.load_files(
+            conn,
+            "wdk",
+            [str(path)],
+            normalizer,
+            T0 + timedelta(1),
+            on_batch=lambda d, _r: seen.append(d.encoded),
+        )
+    assert (again.unchanged, again.normalized) == (len(BIZ), 0)
+    assert True not in seen  # a re-sync never encodes before the hash check
