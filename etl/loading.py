@@ -45,7 +45,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEPTH = 3  # batches in flight between reading and loading
+# Batches in flight between reading and loading. Measured (2 cores, 10 % changed re-sync): 3
+# leaves the pool idle while the database loads (2 batches ahead of the one loading), 5 keeps it
+# busy (~1.2x); 8 adds nothing. Each holds ~BATCH_BYTES of lines and about as much of rows.
+DEPTH = 5
 BATCH_LINES = 2000  # lines per batch at most ...
 BATCH_BYTES = 4 << 20  # ... and about this many bytes (≈ 750 orders of ~5 KB)
 
@@ -123,7 +126,7 @@ def run(
     normalizer: Normalizer,
     *,
     rebuild: bool = False,
-    depth: int = DEPTH,
+    depth: int | None = None,
     lookup_conn: psycopg.Connection[Any] | None = None,
     on_batch: OnBatch | None = None,
     stop: Callable[[], bool] | None = None,
@@ -137,6 +140,7 @@ def run(
     digested batch's hashes and hands it to the pool as soon as it is digested, so the pool
     never waits for this thread's load to finish; otherwise that is done here, between loads.
     """
+    depth = DEPTH if depth is None else depth
     totals = Totals()
     window: deque[_Slot] = deque()
     source: Iterator[Future[Digested]] = iter(digests)
