@@ -20,7 +20,6 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import os
-import re
 import signal
 import threading
 import time
@@ -59,17 +58,10 @@ class Digested:
     encoded: bool = False
 
 
-# A list field in the default shape's wrapping ("orders": {"order": [...]}, or null / {} when
-# empty). In JSON text a '"' inside a string is escaped, so this only matches real members; a
-# line without a match is in the simplified shape already and is not walked again.
-_WRAPPED = re.compile(
-    rb'"(?:' + b"|".join(k.encode() for k in envelope.LIST_FIELDS) + rb')"\s*:\s*[{n]'
-)
-
-
 def _documents(api: str, doc: Any, wrapped: bool = True) -> list[dict[str, Any]]:
     """The orders of one JSON document: a whole response body (either shape) or one order.
-    ``wrapped=False``: the text has no default-shape list wrapping (see _WRAPPED)."""
+    ``wrapped=False``: the text has no default-shape list wrapping (see
+    :func:`envelope.has_wrapping`)."""
     if not isinstance(doc, dict):
         raise errors.MalformedResponse(f"a JSON {type(doc).__name__}, not an object")
     if "error_response" in doc:
@@ -110,7 +102,7 @@ def digest_lines(
     out = Digested(lines=len(lines), encoded=encode_all)
     for where, line in lines:
         try:
-            wrapped = _WRAPPED.search(line) is not None
+            wrapped = envelope.has_wrapping(line)
             has_nul = encode_all and b"\\u0000" in line
             for order in _documents(api, envelope.decode(line), wrapped):
                 raw, d = digest(api, order, simplified=True)
@@ -134,12 +126,13 @@ def _encode_parsed(order: Encoded, parsed: dict[str, Any] | None) -> Encoded:
 def digest_orders(
     api: str, entries: Iterable[tuple[str, dict[str, Any], str | None]], fetched_at: datetime
 ) -> tuple[dict[str, Encoded], dict[str, str]]:
-    """Orders already parsed (by the platform client), by caller key; and the invalid ones."""
+    """Orders already parsed by the platform client (the simplified shape: its payloads are
+    unwrapped once, see :func:`envelope.payload`), by caller key; and the invalid ones."""
     done: dict[str, Encoded] = {}
     invalid: dict[str, str] = {}
     for key, raw, user_id in entries:
         try:
-            _, d = digest(api, raw)
+            _, d = digest(api, raw, simplified=True)
         except InvalidOrder as exc:
             invalid[key] = str(exc)
             continue

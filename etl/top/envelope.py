@@ -81,6 +81,18 @@ def decode(body: bytes) -> Any:
 LIST_KEYS = frozenset(LIST_FIELDS)
 
 
+# A list field in the default shape's wrapping ("orders": {"order": [...]}, or null / {} when
+# empty). In JSON text a '"' inside a string is escaped, so this only matches real members.
+_WRAPPED = re.compile(rb'"(?:' + b"|".join(k.encode() for k in LIST_FIELDS) + rb')"\s*:\s*[{n]')
+
+
+def has_wrapping(body: bytes) -> bool:
+    """Whether JSON text ``body`` has any list field in the default shape's wrapping. False:
+    the parsed document is in the simplified shape already, and need not be walked (one scan
+    of the text costs ~1/10 of :func:`is_simplified`'s walk over the parsed orders)."""
+    return _WRAPPED.search(body) is not None
+
+
 def is_simplified(value: dict[str, Any]) -> bool:
     """Whether ``value`` is already in the simplified shape (every list field a list of
     simplified objects, nothing wrapped); checked without copying anything."""
@@ -223,7 +235,7 @@ def payload(body: bytes, method: str) -> dict[str, Any]:
     inner = doc.get(wrapper, doc)
     if not isinstance(inner, dict):
         raise errors.MalformedResponse(f"{wrapper} is a {type(inner).__name__}, not an object")
-    result: dict[str, Any] = unwrap_lists(inner)
+    result: dict[str, Any] = unwrap_lists(inner) if has_wrapping(body) else inner
     return result
 
 

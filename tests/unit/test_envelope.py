@@ -269,3 +269,28 @@ def test_a_successful_envelope_without_a_result_is_malformed_not_empty(
 def test_omni_without_success_is_malformed() -> None:
     with pytest.raises(errors.MalformedResponse):
         apis.omni_model({"result": {"model": {"order_id": "1"}}})
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"result":{"orders":{"order":[]}}}',
+        b'{"result":{"orders" : null}}',
+        b'{"result":{"orders":[{"biz_order_id":1,"sub_orders":{"sub_order":[{"x":1}]}}]}}',
+        b'{"result":{"orders":[{"pay_channels":\n {}}]}}',
+    ],
+)
+def test_wrapping_anywhere_in_the_text_is_seen(body: bytes) -> None:
+    assert envelope.has_wrapping(body)
+    assert envelope.has_wrapping(orjson.dumps(envelope.unwrap_lists(orjson.loads(body)))) is False
+
+
+def test_a_simplified_body_is_not_walked_and_a_quoted_wrapping_is_not_taken_for_one() -> None:
+    order = data.wdk_order(data.FIRST_DEMO_BIZ_ID)
+    order["buyer_memo"] = 'copied: "orders":{"order":[]} and "sub_orders": null'
+    body = orjson.dumps({"result": {"return_code": "SUCCESS", "orders": [order]}})
+    assert not envelope.has_wrapping(body)  # in a string, every '"' is escaped
+    payload = envelope.payload(body, apis.WDK_METHOD)
+    assert payload["result"]["orders"][0] == order
+    wrapped = orjson.dumps({"result": {"return_code": "SUCCESS", "orders": {"order": [order]}}})
+    assert envelope.payload(wrapped, apis.WDK_METHOD) == payload
