@@ -236,11 +236,15 @@ def prune_archive(conn: Connection, before: datetime, report: PruneReport, mark:
 
 
 def ensure_partitions(conn: Connection, report: PruneReport) -> None:
-    with conn.begin():
-        if report.dry_run:
-            report.partitions_created = partitions.missing_ahead(conn)
-        else:
-            report.partitions_created = partitions.ensure_ahead(conn)
+    try:
+        with conn.begin():
+            if report.dry_run:
+                report.partitions_created = partitions.missing_ahead(conn)
+            else:
+                report.partitions_created = partitions.ensure_ahead(conn)
+    except sa.exc.OperationalError as exc:  # a lock not granted in time: next prune; the
+        # default partition takes the rows meanwhile, and the prune itself goes on
+        log.warning("prune: partitions not created this time: %s", exc.orig)
 
 
 def prune(
