@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -210,7 +211,13 @@ class Worker:
         failure is logged by the job guard and tried again at the next interval."""
         keep = app.keep_periods(self.settings)
         report = await asyncio.to_thread(
-            retention.prune, self.engine, keep, archive_mark=self.archive_mark
+            functools.partial(
+                retention.prune,
+                self.engine,
+                keep,
+                archive_mark=self.archive_mark,
+                stop=self.stop.is_set,  # a stop does not wait for the rest of a long prune
+            )
         )
         if not report.skipped:
             self.archive_mark = report.archive_mark

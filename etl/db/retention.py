@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -112,16 +112,24 @@ def cutoff(days: float, now: datetime | None = None) -> datetime | None:
     return (now or datetime.now(UTC)) - timedelta(days=days)
 
 
-def _batches(conn: Connection, stmt: str, params: Mapping[str, object]) -> int:
-    """Run the delete ``stmt`` (LIMIT :n) until it deletes less than a batch; one transaction
-    each."""
+Stop = Callable[[], bool]  # asked between batches: True ends the prune there (a worker stops)
+
+
+def _never() -> bool:
+    return False
+
+
+def _batches(conn: Connection, stmt: str, params: Mapping[str, object], stop: Stop) -> int:
+    """Run the delete ``stmt`` (LIMIT :n) until it deletes less than a batch (or ``stop``); one
+    transaction each."""
     total = 0
-    while True:
+    while not stop():
         with conn.begin():
             n = conn.execute(sa.text(stmt), {**params, "n": BATCH}).rowcount
         total += n
         if n < BATCH:
             return total
+    return total
 
 
 def _count(conn: Connection, stmt: str, params: Mapping[str, object]) -> int:
@@ -129,7 +137,9 @@ def _count(conn: Connection, stmt: str, params: Mapping[str, object]) -> int:
         return int(conn.execute(sa.text(stmt), params).scalar_one())
 
 
-def _prune_rows(conn: Connection, table: str, where: str, before: datetime, dry_run: bool) -> int:
+def _prune_rows(
+    conn: Connection, table: str, where: str, before: datetime, dry_run: bool, stop: Stop
+) -> int:
     """Delete (or count) the rows of ``table`` matching ``where``, a batch at a time."""
     params = {"cutoff": before}
     if dry_run:
@@ -139,15 +149,16 @@ def _prune_rows(conn: Connection, table: str, where: str, before: datetime, dry_
         f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {where} "
         "LIMIT :n FOR UPDATE SKIP LOCKED)",
         params,
+        stop,
     )
 
 
-def prune_queue(conn: Connection, before: datetime, dry_run: bool) -> int:
-    return _prune_rows(conn, "sync_queue", _QUEUE_FINISHED, before, dry_run)
+def prune_queue(conn: Connection, before: datetime, dry_run: bool, stop: Stop = _never) -> int:
+    return _prune_rows(conn, "sync_queue", _QUEUE_FINISHED, before, dry_run, stop)
 
 
-def prune_runs(conn: Connection, before: datetime, dry_run: bool) -> int:
-    return _prune_rows(conn, "sync_runs", _RUN_ENDED, before, dry_run)
+def prune_runs(conn: Connection, before: datetime, dry_run: bool, stop: Stop = _never) -> int:
+    return _prune_rows(conn, "sync_runs", _RUN_ENDED, before, dry_run, stop)
 
 
 def _droppable(conn: Connection, part: partitions.Partition, before: datetime) -> int | None:
@@ -195,13 +206,15 @@ _DELETE_SUPERSEDED = (
 )
 
 
-def prune_archive_rows(conn: Connection, before: datetime, mark: int) -> tuple[int, int]:
+def prune_archive_rows(
+    conn: Connection, before: datetime, mark: int, stop: Stop = _never
+) -> tuple[int, int]:
     """Delete superseded versions, walking archive ids from ``mark`` up to the first version
-    fetched after the cutoff. Returns (deleted, the new mark)."""
+    fetched after the cutoff (or ``stop``). Returns (deleted, the new mark)."""
     with conn.begin():
         top = conn.execute(sa.text("SELECT max(id) FROM order_archive")).scalar()
     deleted = 0
-    while top is not None and mark < top:
+    while top is not None and mark < top and not stop():
         hi = min(mark + BATCH, top)
         with conn.begin():
             young = conn.execute(
@@ -223,7 +236,9 @@ def prune_archive_rows(conn: Connection, before: datetime, mark: int) -> tuple[i
     return deleted, mark
 
 
-def prune_archive(conn: Connection, before: datetime, report: PruneReport, mark: int) -> None:
+def prune_archive(
+    conn: Connection, before: datetime, report: PruneReport, mark: int, stop: Stop = _never
+) -> None:
     drop_partitions(conn, before, report)
     if report.dry_run:
         report.archive = _count(
@@ -231,7 +246,7 @@ def prune_archive(conn: Connection, before: datetime, report: PruneReport, mark:
         )
         report.archive_mark = mark
         return
-    deleted, report.archive_mark = prune_archive_rows(conn, before, mark)
+    deleted, report.archive_mark = prune_archive_rows(conn, before, mark, stop)
     report.archive += deleted
 
 
@@ -254,10 +269,11 @@ def prune(
     dry_run: bool = False,
     archive_mark: int = 0,
     now: datetime | None = None,
+    stop: Stop = _never,
 ) -> PruneReport:
     """Prune once under the advisory lock (skipped if another process holds it); also creates
     order_archive's partitions ahead. ``archive_mark``: archive ids up to it were looked at by an
-    earlier prune of this process (0: look at them all)."""
+    earlier prune of this process (0: look at them all). ``stop`` is asked between batches."""
     started = time.monotonic()
     report = PruneReport(dry_run=dry_run, archive_mark=archive_mark)
     with engine.connect() as conn:
@@ -271,11 +287,11 @@ def prune(
         try:
             ensure_partitions(conn, report)
             if (before := cutoff(keep.queue_days, now)) is not None:
-                report.queue = prune_queue(conn, before, dry_run)
+                report.queue = prune_queue(conn, before, dry_run, stop)
             if (before := cutoff(keep.archive_days, now)) is not None:
-                prune_archive(conn, before, report, archive_mark)
+                prune_archive(conn, before, report, archive_mark, stop)
             if (before := cutoff(keep.runs_days, now)) is not None:
-                report.runs = prune_runs(conn, before, dry_run)
+                report.runs = prune_runs(conn, before, dry_run, stop)
         finally:
             if conn.in_transaction():
                 conn.rollback()

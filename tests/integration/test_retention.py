@@ -230,3 +230,13 @@ def test_partitions_are_created_ahead_and_a_default_catches_the_rest(
     assert one(db_url, f"SELECT count(*) FROM {far}") == 1
     assert one(db_url, "SELECT count(*) FROM order_archive_default") == 0
     assert one(db_url, "SELECT etl_raw('wdk', %s)->>'order_status'", str(A)) == "PAID"
+
+
+def test_a_stop_ends_the_prune_between_batches(engine: Engine, db_url: str) -> None:
+    _queue_row(engine, "1001", "done", 100, False)
+    _history(db_url)
+    report = retention.prune(engine, KEEP, stop=lambda: True)  # a worker told to stop
+    assert (report.queue, report.runs) == (0, 0)
+    assert report.archive_mark == 0  # the next prune starts where this one did
+    assert one(db_url, "SELECT count(*) FROM sync_queue") == 1
+    assert retention.prune(engine, KEEP).queue == 1
