@@ -47,6 +47,60 @@ COLUMN_COMMENTS = {
     "raw": "the order as received (simplified shape), JSON text; read it with raw::jsonb",
     "archived_at": "when it was archived",
 }
+# etl_raw reads the current version in the partition of the order row's fetched_at (the version
+# was archived with it) instead of probing every month's index; the search of 0008 stays as the
+# fallback (a version archived with another time, an order no longer in its table).
+ETL_RAW = """
+CREATE OR REPLACE FUNCTION etl_raw(p_api text, p_key text) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    current_hash text;
+    current_at timestamptz;
+    found text;
+BEGIN
+    IF p_api = 'wdk' THEN
+        SELECT payload_hash, fetched_at INTO current_hash, current_at FROM wdk_orders
+        WHERE biz_order_id = p_key::bigint;
+    ELSIF p_api = 'omni' THEN
+        SELECT payload_hash, fetched_at INTO current_hash, current_at FROM omni_orders
+        WHERE order_id = p_key;
+    ELSE
+        RAISE EXCEPTION 'etl_raw: api must be wdk or omni, not %', p_api;
+    END IF;
+    IF current_hash IS NOT NULL THEN
+        SELECT a.raw INTO found FROM order_archive a
+        WHERE a.api = p_api AND a.order_key = p_key AND a.payload_hash = current_hash
+          AND a.fetched_at = current_at
+        ORDER BY a.id DESC LIMIT 1;
+        IF found IS NOT NULL THEN
+            RETURN found::jsonb;
+        END IF;
+    END IF;
+    -- the stored version; an order no longer in its table gives its latest archived version
+    RETURN (
+        SELECT a.raw::jsonb FROM order_archive a
+        WHERE a.api = p_api AND a.order_key = p_key
+          AND (current_hash IS NULL OR a.payload_hash = current_hash)
+        ORDER BY a.fetched_at DESC, a.id DESC LIMIT 1
+    );
+END $$
+"""
+
+
+def _etl_raw_0008() -> str:
+    """0008's etl_raw (what the downgrade puts back)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).with_name("0008_raw_once.py")
+    spec = importlib.util.spec_from_file_location("etl_migration_0008", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module.ETL_RAW).replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+
+
 INDEX = "ix_order_archive_api_order_key_fetched_at"
 FINISHED_INDEX = "ix_sync_queue_finished_done_at"
 FINISHED = "state IN ('done', 'not_found', 'dead')"
@@ -141,6 +195,7 @@ def upgrade() -> None:
     )
     op.execute(f"INSERT INTO order_archive ({COLUMNS}) SELECT {COLUMNS} FROM order_archive_old")
     _swap_in("order_archive_old", grants, partitioned=True)
+    op.execute(ETL_RAW)
 
 
 def downgrade() -> None:
@@ -150,4 +205,5 @@ def downgrade() -> None:
         f"INSERT INTO order_archive ({COLUMNS}) SELECT {COLUMNS} FROM order_archive_old ORDER BY id"
     )
     _swap_in("order_archive_old", grants, partitioned=False)  # drops its partitions too
+    op.execute(_etl_raw_0008())
     op.drop_index(FINISHED_INDEX, table_name="sync_queue")
