@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from etl import errors, logs
 from etl.db import engine as db_engine
-from etl.db import migrate, queue, runs
+from etl.db import migrate, queue, retention, runs
 from etl.pipeline import DrainResult, Progress, Syncer
 from etl.settings import Settings
 from etl.top.client import TopClient
@@ -253,3 +253,12 @@ async def drain_once(
         syncer.quality.report()
         status = finish_run(engine, run_id, result, stop.stop.is_set())
     return RunOutcome(run_id, result, status)
+
+
+def keep_periods(settings: Settings) -> retention.Keep:
+    """The retention settings as the pruner takes them."""
+    return retention.Keep(
+        queue_days=settings.keep_queue_days,
+        archive_days=settings.keep_archive_days,
+        runs_days=settings.keep_runs_days,
+    )

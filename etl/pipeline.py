@@ -120,18 +120,25 @@ def _stored(
     """The stored orders of ``api`` as raw JSON (their version in order_archive), by batch."""
     spec = load.SPECS[api]
     user = sql.SQL("o.user_id") if api == "omni" else sql.SQL("NULL::text")
-    where = sql.SQL("WHERE o.synced_at >= %s") if since else sql.SQL("")
+    where = sql.SQL("WHERE o.synced_at >= %(since)s") if since else sql.SQL("")
     stmt = sql.SQL(
         "SELECT o.{key}, o.payload_hash, o.fetched_at, {user}, a.raw FROM {table} o "
-        "LEFT JOIN LATERAL (SELECT raw FROM order_archive a WHERE a.api = %s "
+        # the version archived with the row's fetched_at: one partition of order_archive read,
+        # not every month's; else (archived with another time) the latest with its hash
+        "LEFT JOIN LATERAL (SELECT coalesce("
+        "(SELECT raw FROM order_archive a WHERE a.api = %(api)s "
         "AND a.order_key = o.{key}::text AND a.payload_hash = o.payload_hash "
-        "ORDER BY a.fetched_at DESC, a.id DESC LIMIT 1) a ON true {where} ORDER BY o.{key}"
+        "AND a.fetched_at = o.fetched_at ORDER BY a.id DESC LIMIT 1), "
+        "(SELECT raw FROM order_archive a WHERE a.api = %(api)s "
+        "AND a.order_key = o.{key}::text AND a.payload_hash = o.payload_hash "
+        "ORDER BY a.fetched_at DESC, a.id DESC LIMIT 1)) AS raw) a ON true {where} "
+        "ORDER BY o.{key}"
     ).format(
         user=user, table=sql.Identifier(spec.table.name), where=where, key=sql.Identifier(spec.key)
     )
     with conn.cursor(name=f"replay_{api}") as cur:
         cur.itersize = REPLAY_BATCH
-        cur.execute(stmt, (api, since) if since else (api,))
+        cur.execute(stmt, {"api": api, "since": since})
         while rows := cur.fetchmany(REPLAY_BATCH):
             batch = []
             for key, digest, at, user_id, raw in rows:

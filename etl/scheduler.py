@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,9 +23,9 @@ import sqlalchemy as sa
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.engine import Engine
 
-from etl import errors, logs, metrics
+from etl import app, errors, logs, metrics
 from etl.app import Stopping, release_leases, until_done_or_aborted
-from etl.db import holds, queue, runs
+from etl.db import holds, queue, retention, runs
 from etl.pipeline import Syncer
 from etl.settings import Settings
 from etl.top import apis
@@ -85,6 +86,7 @@ class Worker:
         self._last_work = time.monotonic()
         self._last_idle_log = time.monotonic()
         self.tmc: TmcConsumer | None = None  # --- TMC (issue 11)
+        self.archive_mark = 0  # order_archive ids up to this one were looked at by a prune
 
     # ------------------------------------------------------------------------------ draining
 
@@ -204,6 +206,23 @@ class Worker:
         if n:
             log.warning("reclaimed %d ids whose worker's lease expired", n)
 
+    async def prune(self) -> None:
+        """Retention and order_archive's partitions ahead; one INFO line with the counts. A
+        failure is logged by the job guard and tried again at the next interval."""
+        keep = app.keep_periods(self.settings)
+        report = await asyncio.to_thread(
+            functools.partial(
+                retention.prune,
+                self.engine,
+                keep,
+                archive_mark=self.archive_mark,
+                stop=self.stop.is_set,  # a stop does not wait for the rest of a long prune
+            )
+        )
+        if not report.skipped:
+            self.archive_mark = report.archive_mark
+        log.info(report.line())
+
     async def gauges(self) -> None:
         rows = await self._to_thread(self._in_tx, queue.depth)
         if rows is None:  # the database is away: keep the last values
@@ -257,6 +276,8 @@ class Worker:
             (self.gauges, GAUGE_SECONDS),
             (self.heartbeat, runs.HEARTBEAT_SECONDS),
         ]
+        if s.prune_interval_seconds > 0:
+            jobs.append((self.prune, s.prune_interval_seconds))
         for fn, seconds in jobs:
             scheduler.add_job(
                 self._guard(fn), "interval", seconds=seconds, next_run_time=now, name=fn.__name__

@@ -156,6 +156,31 @@ class Settings(BaseModel):
         description="wdk order_status values that are final (comma-separated)",
     )
 
+    # --- retention (etl prune, and the worker every prune_interval_seconds)
+    keep_queue_days: float = Field(
+        90.0,
+        ge=0,
+        le=36_500,
+        description="days finished queue rows (done, not_found with no re-check left, dead) are "
+        "kept after they finished; 0 = forever",
+    )
+    keep_archive_days: float = Field(
+        400.0,
+        ge=0,
+        le=36_500,
+        description="days a superseded order version is kept in order_archive after a newer "
+        "one arrived (the current version is never pruned); 0 = forever",
+    )
+    keep_runs_days: float = Field(
+        400.0, ge=0, le=36_500, description="days ended runs are kept in sync_runs; 0 = forever"
+    )
+    prune_interval_seconds: float = Field(
+        3600.0,
+        ge=0,
+        le=7 * 86_400,
+        description="worker: how often it prunes and creates archive partitions ahead; 0 = never",
+    )
+
     # --- the platform's message service (TMC)
     tmc_enabled: bool = Field(
         False, description="worker: pull the message service continuously (etl tmc pull)"

@@ -7,7 +7,7 @@ from logging.config import fileConfig
 from alembic import context
 
 from etl.db import engine as db_engine
-from etl.db import grants
+from etl.db import grants, partitions
 from etl.db.tables import metadata
 from etl.settings import load_settings
 
@@ -33,12 +33,18 @@ def _reader_role() -> str | None:
     return load_settings().reader_role
 
 
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    # order_archive's partitions are made at run time (etl.db.partitions), not declared
+    return not (type_ == "table" and name is not None and partitions.is_partition_name(name))
+
+
 def run_migrations_offline() -> None:
     context.configure(
         url=db_engine.sqlalchemy_url(_url()),
         target_metadata=target_metadata,
         literal_binds=True,
         compare_type=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -53,7 +59,12 @@ def run_migrations_online() -> None:
     with connectable.connect() as connection:
         # One migration run at a time, whoever starts it (several workers may start together).
         connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7301001)")
-        context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            compare_type=True,
+            include_name=include_name,
+        )
         # What the schema was once we hold the lock (etl migrate reports it).
         config.attributes["etl_before"] = context.get_context().get_current_revision()
         with context.begin_transaction():

@@ -5,7 +5,7 @@ Every setting (except secrets, which come only from the environment or the confi
 global flag, e.g. ``etl --top-qps 5 sync``; ``--help`` shows each flag's environment variable.
 """
 
-from etl.cli import admin, load, queue, report, status, tmc
+from etl.cli import admin, load, prune, queue, report, status, tmc
 from etl.cli.base import main
 
-__all__ = ["admin", "load", "main", "queue", "report", "status", "tmc"]
+__all__ = ["admin", "load", "main", "prune", "queue", "report", "status", "tmc"]

@@ -39,6 +39,21 @@ def migrate(state: State, revision: str) -> None:
         click.echo(f"schema upgraded {before or 'empty'} -> {after} ({where})")
     if role:
         click.echo(f"read-only access (order tables and views) granted to role {role}")
+    if after == db_migrate.head_revision(url):
+        created = _partitions_ahead(settings)
+        if created:
+            click.echo(f"order_archive partitions created ahead: {', '.join(created)}")
+
+
+def _partitions_ahead(settings: Any) -> list[str]:
+    from etl.db import engine, partitions
+
+    engine_ = engine.create_engine(settings)
+    try:
+        with engine_.begin() as conn:
+            return partitions.ensure_ahead(conn)
+    finally:
+        engine_.dispose()
 
 
 def _check_reader_role(settings: Any, role: str) -> None:

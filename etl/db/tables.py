@@ -333,6 +333,12 @@ sync_queue = sa.Table(
         "id",
         postgresql_where=sa.text("state IN ('pending', 'failed', 'not_found')"),
     ),
+    # Serves the prune of finished rows (etl prune) without reading the unfinished ones.
+    sa.Index(
+        "ix_sync_queue_finished_done_at",
+        "done_at",
+        postgresql_where=sa.text("state IN ('done', 'not_found', 'dead')"),
+    ),
     comment="ids to fetch: one row per (api, id kind, key)",
 )
 
@@ -398,7 +404,13 @@ order_archive = sa.Table(
     c("id", sa.BigInteger, "row id", primary_key=True, autoincrement=True),
     c("api", sa.Text, "wdk or omni", nullable=False),
     c("order_key", sa.Text, "biz_order_id (wdk) or order_id (omni), as text", nullable=False),
-    c("fetched_at", TZ, "when this version was fetched", nullable=False),
+    # The partition key, so part of the primary key (PostgreSQL requires it in every unique key).
+    c(
+        "fetched_at",
+        TZ,
+        "when this version was fetched (the monthly partition it lives in)",
+        primary_key=True,
+    ),
     c("payload_hash", sa.Text, "sha256 of the canonical payload", nullable=False),
     c(
         "raw",
@@ -408,7 +420,9 @@ order_archive = sa.Table(
     ),
     c("archived_at", TZ, "when it was archived", nullable=False, server_default=sa.text("now()")),
     sa.Index(None, "api", "order_key", "fetched_at"),
-    comment="every version of every order, as received: the one place raw JSON is stored",
+    comment="every version of every order, as received: the one place raw JSON is stored "
+    "(partitioned by month of fetched_at)",
+    postgresql_partition_by="RANGE (fetched_at)",
 )
 
 top_bans = sa.Table(
