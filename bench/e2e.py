@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.pop(0)  # bench/ itself: bench/queue.py must not shadow the standard library's queue
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import orjson

@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+sys.path.pop(0)  # bench/ itself: bench/queue.py must not shadow the standard library's queue
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import orjson

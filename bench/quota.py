@@ -20,9 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import psycopg
-
+sys.path.pop(0)  # bench/ itself: bench/queue.py must not shadow the standard library's queue
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psycopg
 
 from bench._db import scratch_database
 from bench._sim import counters, simulator
