@@ -11,12 +11,22 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+PIDS: dict[str, int] = {}  # simulator URL -> its process id (for its CPU time)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a running process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _normal_priority() -> None:
@@ -39,6 +49,7 @@ def simulator(*args: str, referee: bool = False) -> Iterator[str]:
         preexec_fn=_normal_priority if referee else None,
     )
     base = f"http://127.0.0.1:{port}"
+    PIDS[base + "/router/rest"] = proc.pid
     try:
         for _ in range(100):
             try:
