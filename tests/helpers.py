@@ -55,3 +55,20 @@ def q(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 def one(url: str, sql: str, *args: Any) -> Any:
     """The first value of the first row of ``sql``."""
     return q(url, sql, *args)[0][0]
+
+
+def wait_for_sessions_gone(url: str, timeout: float = 20.0) -> None:
+    """Wait until no other session is connected to ``url``'s database: a SIGKILLed client's
+    COMMIT already sent still completes on the server after the client died, so what it
+    committed can only be counted once its sessions are gone."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    while one(url, sql):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"sessions still connected after {timeout:.0f} s")
+        time.sleep(0.05)

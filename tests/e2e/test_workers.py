@@ -16,7 +16,7 @@ import pytest
 from etl.simulator import data
 from etl.simulator.server import SimulatorConfig, SimulatorThread
 from tests.conftest import stop_server
-from tests.helpers import etl_cmd, etl_env, one, q
+from tests.helpers import etl_cmd, etl_env, one, q, wait_for_sessions_gone
 
 
 @pytest.fixture
@@ -114,7 +114,9 @@ def test_backfill_killed_halfway_then_rerun_finishes(
             break
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
-    # Batches may finish between the count above and the kill: count again once it is dead.
+    # Batches may finish between the count above and the kill, and a COMMIT already sent
+    # completes after it: count again once the dead process's sessions are gone.
+    wait_for_sessions_gone(db_url)
     done = one(db_url, "SELECT count(*) FROM sync_queue WHERE state IN ('done','not_found')")
     assert 600 <= done < len(ids), "the kill must land halfway"
     leased = one(db_url, "SELECT count(*) FROM sync_queue WHERE state = 'leased'")
@@ -312,6 +314,7 @@ def test_a_backfill_works_on_its_own_file_only(
     _wait_for(lambda: one(db_url, mine_done, mine) >= 100, 60)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
+    wait_for_sessions_gone(db_url)
     first = one(db_url, mine_done, mine)
     assert 100 <= first < len(mine)
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
