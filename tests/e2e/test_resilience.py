@@ -19,7 +19,7 @@ from etl import chinatime
 from etl.simulator import data
 from etl.simulator.server import SimulatorConfig, SimulatorThread
 from tests.conftest import stop_server
-from tests.helpers import etl_cmd, etl_env, one, q
+from tests.helpers import etl_cmd, etl_env, one, q, wait_for_sessions_gone
 
 
 def states(url: str) -> dict[str, int]:
@@ -301,6 +301,7 @@ def test_a_killed_run_shows_as_killed_and_its_counters_are_what_it_committed(
         for pipe in (worker.stdout, worker.stderr):
             assert pipe is not None
             pipe.close()
+    wait_for_sessions_gone(db_url)  # a COMMIT it had sent completes after the kill
     inserted = one(db_url, "SELECT orders_inserted FROM sync_runs")
     assert inserted == one(db_url, "SELECT count(*) FROM wdk_orders")  # saved with each batch
     status = _run(env, "status")
