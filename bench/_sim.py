@@ -63,6 +63,18 @@ def simulator(*args: str, referee: bool = False) -> Iterator[str]:
         proc.wait(10)
 
 
+def etl_env(db_url: str, top_url: str | None = None, **settings: object) -> dict[str, str]:
+    """Environment for an `etl` subprocess: this process's environment without any ETL_*
+    variable, no config file, ``db_url`` (and ``top_url``), WARNING logs, then ``settings``
+    (``batch_size=50`` → ``ETL_BATCH_SIZE=50``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+    env.update(ETL_CONFIG="", ETL_DATABASE_URL=db_url, ETL_LOG_LEVEL="WARNING")
+    if top_url is not None:
+        env["ETL_TOP_URL"] = top_url
+    env.update({f"ETL_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
 def counters(url: str) -> dict[str, object]:
     import json
 

@@ -30,7 +30,7 @@ import orjson
 import psycopg
 
 from bench._db import scratch_database
-from bench._sim import PIDS, counters, cpu_seconds, simulator
+from bench._sim import PIDS, counters, cpu_seconds, etl_env, simulator
 from etl.simulator import data
 
 
@@ -63,18 +63,7 @@ def main() -> None:
         "0",
     )
     with simulator(*sim_args) as top_url:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
-        env.update(
-            ETL_CONFIG="",
-            ETL_DATABASE_URL=url,
-            ETL_TOP_URL=top_url,
-            ETL_TOP_QPS=str(a.qps),
-            ETL_BATCH_SIZE=str(a.batch_size),
-            ETL_CONCURRENCY=str(a.concurrency),
-            ETL_LOG_LEVEL="WARNING",
-        )
-        if a.lanes:
-            env["ETL_LANES"] = str(a.lanes)
+        env = _env(url, top_url, a.qps, a)
         started = time.monotonic()
         subprocess.run(
             [sys.executable, "-m", "etl", "backfill", "--file", path],
@@ -100,19 +89,10 @@ def main() -> None:
 
 
 def _env(url: str, top_url: str, qps: float, a: argparse.Namespace) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
-    env.update(
-        ETL_CONFIG="",
-        ETL_DATABASE_URL=url,
-        ETL_TOP_URL=top_url,
-        ETL_TOP_QPS=str(qps),
-        ETL_BATCH_SIZE=str(a.batch_size),
-        ETL_CONCURRENCY=str(a.concurrency),
-        ETL_LOG_LEVEL="WARNING",
+    lanes = {"lanes": a.lanes} if a.lanes else {}
+    return etl_env(
+        url, top_url, top_qps=qps, batch_size=a.batch_size, concurrency=a.concurrency, **lanes
     )
-    if a.lanes:
-        env["ETL_LANES"] = str(a.lanes)
-    return env
 
 
 def _count(url: str) -> int:

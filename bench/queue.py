@@ -27,8 +27,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)  # `import queue` (asyncio, concurrent.futures) must find the stdlib
+sys.path.pop(0)  # bench/ itself: this file must not shadow the standard library's queue
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
@@ -43,6 +42,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import sqlalchemy as sa
 
+from bench._sim import etl_env
 from etl.db import engine as db_engine
 from etl.db import migrate, partitions, queue, retention
 from etl.settings import load_settings
@@ -125,8 +125,7 @@ def enqueue(url: str, engine: sa.Engine, lines: int, tmp: Path) -> None:
                     f"{600000000000000 + i}\n" for i in range(start, min(lines, start + 100_000))
                 )
             )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
-    env.update(ETL_CONFIG="", ETL_DATABASE_URL=url, ETL_LOG_LEVEL="WARNING")
+    env = etl_env(url)
     started = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-m", "etl", "enqueue", "--file", str(path)],

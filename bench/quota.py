@@ -26,26 +26,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psycopg
 
 from bench._db import scratch_database
-from bench._sim import counters, simulator
+from bench._sim import counters, etl_env, simulator
 from etl.simulator import data
 
 
 def _env(db_url: str, top_url: str, qps: float) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
-    env.update(
-        ETL_CONFIG="",
-        ETL_DATABASE_URL=db_url,
-        ETL_TOP_URL=top_url,
-        ETL_TOP_QPS=str(qps),
-        ETL_BATCH_SIZE="2",  # many calls, little loading: the quota is the bottleneck
-        ETL_CONCURRENCY="4",
-        ETL_LANES="4",
-        ETL_CLAIM_SIZE="8",
-        ETL_POLL_SECONDS="1",
-        ETL_NOT_FOUND_CHECKS="1",
-        ETL_LOG_LEVEL="ERROR",
+    return etl_env(
+        db_url,
+        top_url,
+        top_qps=qps,
+        batch_size=2,  # many calls, little loading: the quota is the bottleneck
+        concurrency=4,
+        lanes=4,
+        claim_size=8,
+        poll_seconds=1,
+        not_found_checks=1,
+        log_level="ERROR",
     )
-    return env
 
 
 def _enqueue(env: dict[str, str], n: int) -> None:

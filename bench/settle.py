@@ -13,7 +13,6 @@ the smallest (issue 15's goal: >= 0.8).
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psycopg
 
 from bench._db import scratch_database
-from bench._sim import simulator
+from bench._sim import etl_env, simulator
 from etl.simulator import data
 
 SETTLED = "SELECT count(*) FROM sync_queue WHERE state IN ('done', 'not_found')"
@@ -46,16 +45,7 @@ def fill(url: str, n: int) -> None:
 
 
 def settle(url: str, top_url: str, seconds: float) -> int:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
-    env.update(
-        ETL_CONFIG="",
-        ETL_DATABASE_URL=url,
-        ETL_TOP_URL=top_url,
-        ETL_TOP_QPS="200",
-        ETL_BATCH_SIZE="50",
-        ETL_LOG_LEVEL="WARNING",
-        ETL_TMC_ENABLED="false",
-    )
+    env = etl_env(url, top_url, top_qps=200, batch_size=50, tmc_enabled="false")
     proc = subprocess.Popen(
         [sys.executable, "-m", "etl", "worker"],
         env=env,

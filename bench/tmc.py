@@ -16,7 +16,6 @@ steady stream of order changes (both real processes).
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psycopg
 
 from bench._db import scratch_database
-from bench._sim import counters, simulator
+from bench._sim import counters, etl_env, simulator
 
 WARMUP_SECONDS = 5.0  # latencies of rows loaded before this are left out (process start)
 
@@ -43,16 +42,13 @@ def run(rate: float, seconds: float, qps: float | None, latency_ms: float) -> di
     if latency_ms:
         sim_args += ["--latency-ms", str(latency_ms), "--jitter-ms", str(latency_ms / 3)]
     with simulator(*sim_args) as top_url:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
-        env.update(
-            ETL_CONFIG="",
-            ETL_DATABASE_URL=url,
-            ETL_TOP_URL=top_url,
-            ETL_TOP_QPS=str(qps or 10_000),
-            ETL_TMC_ENABLED="true",
-            ETL_TMC_QUANTITY="200",
-            ETL_TMC_IDLE_SECONDS="0.2",
-            ETL_LOG_LEVEL="WARNING",
+        env = etl_env(
+            url,
+            top_url,
+            top_qps=qps or 10_000,
+            tmc_enabled="true",
+            tmc_quantity=200,
+            tmc_idle_seconds=0.2,
         )
         before = counters(top_url)
         started = time.monotonic()
