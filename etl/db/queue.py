@@ -187,6 +187,17 @@ def _claim(
     return [Item(*row) for row in rows]
 
 
+# Rows of the ids given (``:ids``) still leased by ``:worker``. Written so that no estimate can
+# make an ack walk more than its own rows (measured, 4 lanes, 20,000-id backfill: acks of 400
+# ids took 60-500 ms, ~8 ms by key):
+# - ``q.id = ANY(:ids)``: the rows are found by primary key (or a scan filtered by the ids);
+#   the planner, believing few rows are leased by this worker, otherwise scanned the table and
+#   re-evaluated the ``unnest`` of every array once per leased row (a nested loop);
+# - ``q.state || ''``: not answerable from ix_sync_queue_state_next_attempt_at, whose 'leased'
+#   entries are every lease taken since the last vacuum.
+_OURS = "q.id = ANY(CAST(:ids AS bigint[])) AND q.leased_by = :worker AND q.state || '' = 'leased'"
+
+
 def _plan(outcome: Outcome, policy: Policy) -> tuple[str, int, int, float | None]:
     """(state, attempts, not_found_checks, delay until claimable; None = never) after
     ``outcome``."""
@@ -216,6 +227,20 @@ def ack(conn: Connection, outcomes: Sequence[Outcome], policy: Policy, worker: s
     """
     if not outcomes:
         return 0
+    done = [o.item.id for o in outcomes if o.result == "done"]
+    acked = 0
+    if done:  # most outcomes: one statement, no per-row values (attempts and checks unchanged)
+        acked += conn.execute(
+            sa.text(
+                "UPDATE sync_queue q SET state = 'done', next_attempt_at = NULL, "
+                "last_error_class = NULL, last_error = NULL, leased_until = NULL, "
+                "updated_at = now(), done_at = now() WHERE " + _OURS
+            ),
+            {"ids": done, "worker": worker},
+        ).rowcount
+    outcomes = [o for o in outcomes if o.result != "done"]  # each with its own values
+    if not outcomes:
+        return acked
     plans = [_plan(o, policy) for o in outcomes]
     result = conn.execute(
         sa.text(
@@ -230,7 +255,7 @@ def ack(conn: Connection, outcomes: Sequence[Outcome], policy: Policy, worker: s
             "unnest(CAST(:checks AS int[])) AS checks, unnest(CAST(:delays AS float8[])) AS delay, "
             "unnest(CAST(:classes AS text[])) AS err_class, "
             "unnest(CAST(:errs AS text[])) AS err) v "
-            "WHERE q.id = v.id AND q.state = 'leased' AND q.leased_by = :worker"
+            "WHERE q.id = v.id AND " + _OURS
         ),
         {
             "ids": [o.item.id for o in outcomes],
@@ -243,7 +268,7 @@ def ack(conn: Connection, outcomes: Sequence[Outcome], policy: Policy, worker: s
             "worker": worker,
         },
     )
-    return int(result.rowcount)
+    return acked + int(result.rowcount)
 
 
 def release(
@@ -264,7 +289,7 @@ def release(
             "last_error = COALESCE(CAST(:reason AS text), q.last_error) "
             "FROM (SELECT unnest(CAST(:ids AS bigint[])) AS id, "
             "unnest(CAST(:priors AS text[])) AS prior) v "
-            "WHERE q.id = v.id AND q.state = 'leased' AND q.leased_by = :worker"
+            "WHERE q.id = v.id AND " + _OURS
         ),
         {
             "ids": [i.id for i in items],

@@ -194,3 +194,45 @@ def test_claim_uses_the_due_priority_index(engine: Engine) -> None:
         )
     assert "ix_sync_queue_due_priority" in plan
     assert "Sort" not in plan
+
+
+def test_an_ack_records_each_outcome_for_the_ids_its_worker_still_leases_only(
+    engine: Engine,
+) -> None:
+    """Done ids (one statement) and the other outcomes (per-id values) in one ack; ids whose
+    lease another worker took over are left as they are."""
+    with engine.begin() as c:
+        queue.enqueue(c, "wdk", "biz", [str(i) for i in range(1, 9)])
+        items = queue.claim(c, "wdk", 8, 60, "w1", None)
+    taken = [items[0].id, items[4].id]
+    with engine.begin() as c:  # their leases expired and another worker claimed them
+        c.execute(
+            sa.text("UPDATE sync_queue SET leased_by = 'w2' WHERE id = ANY(:ids)"), {"ids": taken}
+        )
+    results = ["done", "done", "not_found", "failed", "failed", "dead", "done", "not_found"]
+    outcomes = [
+        queue.Outcome(item, result, "E", result)
+        if result in ("failed", "dead")
+        else queue.Outcome(item, result)
+        for item, result in zip(items, results, strict=True)
+    ]
+    with engine.begin() as c:
+        assert queue.ack(c, outcomes, POLICY, "w1") == 6
+        rows = {
+            r[0]: r[1:]
+            for r in c.execute(
+                sa.text(
+                    "SELECT id, state, attempts, not_found_checks, last_error, "
+                    "done_at IS NOT NULL, next_attempt_at IS NOT NULL, leased_until IS NULL "
+                    "FROM sync_queue"
+                )
+            )
+        }
+    assert [rows[i.id][0] for i in items] == [
+        "leased", "done", "not_found", "failed", "leased", "dead", "done", "not_found"
+    ]  # fmt: skip
+    assert rows[items[1].id] == ("done", 0, 0, None, True, False, True)
+    assert rows[items[2].id] == ("not_found", 0, 1, None, True, True, True)  # rechecked later
+    assert rows[items[3].id] == ("failed", 1, 0, "failed", False, True, True)
+    assert rows[items[5].id] == ("dead", 1, 0, "dead", True, False, True)
+    assert rows[items[0].id][-1] is False  # still leased, by w2
