@@ -245,19 +245,31 @@ async def prepare(
     and how many were normalized. ``stored(keys)`` looks up the stored hashes (a worker thread
     runs it)."""
     done, invalid = await asyncio.to_thread(digest_orders, api, entries, fetched_at)
-    orders = list(done.values())
-    if not orders:
-        return done, invalid, 0
-    seen = await asyncio.to_thread(stored, list({o.key for o in orders}))
-    need = needs_rows(orders, seen)
+    done, normalized = await with_rows(normalizer, stored, done)
+    return done, invalid, normalized
+
+
+async def with_rows(
+    normalizer: Normalizer,
+    stored: Callable[[list[Any]], dict[Any, tuple[str, datetime]]],
+    orders: dict[str, Encoded],
+) -> tuple[dict[str, Encoded], int]:
+    """The digested orders of one fetched batch (by caller key; some may have rows already, see
+    :func:`etl.normalize.pool.read_wdk_body`) with rows for every new or changed one: one
+    lookup of the stored hashes, then the rest normalized in the pool (or, for a few, a thread).
+    Returns them, and how many paid for normalization. A batch whose orders all have rows
+    already is returned as it is: the load checks the stored hashes itself, under its lock."""
+    found = list(orders.values())
+    if all(o.rows is not None for o in found):
+        return orders, len(found)
+    seen = await asyncio.to_thread(stored, list({o.key for o in found}))
+    need = [o for o in needs_rows(found, seen) if o.rows is None]
     if need:
         loop = asyncio.get_running_loop()
-        # the process pool, or (small batch / no pool) the default thread pool
-        pool = normalizer.pool_for(len(need))
-        encoded = await loop.run_in_executor(pool, encode_orders, need)
+        encoded = await loop.run_in_executor(normalizer.pool_for(len(need)), encode_orders, need)
         by_id = {id(o): e for o, e in zip(need, encoded, strict=True)}
-        done = {k: by_id.get(id(o), o) for k, o in done.items()}
-    return done, invalid, len(need)
+        orders = {k: by_id.get(id(o), o) for k, o in orders.items()}
+    return orders, sum(o.rows is not None for o in orders.values())
 
 
 def stored_lookup(

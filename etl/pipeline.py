@@ -12,7 +12,7 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +28,13 @@ from etl.db import engine as db_engine
 from etl.db import tmc as tmc_db
 from etl.ids import omni_parts
 from etl.normalize.orders import InvalidOrder, NormalizedOrder, normalize_omni, normalize_wdk
-from etl.normalize.pool import Digested, Normalizer, shared_normalizer
+from etl.normalize.pool import (
+    Digested,
+    Fetched,
+    Normalizer,
+    read_wdk_body,
+    shared_normalizer,
+)
 from etl.settings import Settings
 from etl.top import apis
 from etl.top.client import TopClient
@@ -256,6 +262,9 @@ class Syncer:
         self._last_stats = client.stats.snapshot()
         self._unsaved = runs.RunCounters()  # counted, not yet written to the run's row
         self._ban_logged: datetime | None = None
+        # what the hash checks of recent wdk batches found: whether to normalize the next ones
+        # in the same pass as reading them (see etl.loading.Mix)
+        self.mix = loading.Mix()
 
     def halted(self) -> bool:
         """Nothing more can be fetched in this drain (a long ban, rejected credentials, ...)."""
@@ -413,20 +422,82 @@ class Syncer:
         orders: list[load.Encoded] = []
         outcomes: list[queue.Outcome] = []
         for kind, group in by_kind.items():
-            got = await apis.wdk_order_get(
-                self.client, [i.key for i in group], kind, batch_size=self.settings.batch_size
+            got = await apis.wdk_lookup(
+                self._wdk_reader(kind),
+                [i.key for i in group],
+                kind,
+                batch_size=self.settings.batch_size,
+                filters=None,
+                echo=lambda f: f.echo,
+                identity=lambda f: f.biz,
             )
-            field_name = apis.ID_KINDS[kind].order_field
-            entries = [(str(raw.get(field_name)), raw, None) for raw in got.orders]
-            normalized, invalid = await self._normalize_all("wdk", entries)
+            invalid = {f.echo: f.invalid or "" for f in got.orders if f.order is None}
+            digested = {f.echo: f.order for f in got.orders if f.order is not None}
+            normalized = await self._with_rows("wdk", digested, invalid)
             orders.extend(normalized.values())
             found = set(normalized)
             for item in group:
                 outcomes.append(self._outcome(item, found, got, invalid))
         return orders, outcomes
 
+    def _wdk_reader(self, kind: str) -> Callable[[Mapping[str, Any]], Awaitable[list[Fetched]]]:
+        """Reads one wdk call's answer: the body goes to the normalizer pool, which parses,
+        digests and (when the recent batches were mostly new or changed) normalizes and
+        encodes every order in one pass; this process only moves bytes."""
+        echo_field = apis.ID_KINDS[kind].order_field
+        normalizer = shared_normalizer(self.settings.normalize_processes)
+        encode_all = self.mix.encode_all()
+
+        async def read(business: Mapping[str, Any]) -> list[Fetched]:
+            async def body_read(body: bytes) -> list[Fetched]:
+                at = datetime.now(UTC)
+                pool = normalizer.pool_for_body(body)
+                if pool is None:
+                    answer = read_wdk_body(body, echo_field, at, encode_all)
+                else:
+                    answer = await asyncio.get_running_loop().run_in_executor(
+                        pool, read_wdk_body, body, echo_field, at, encode_all
+                    )
+                for note in answer.notes:
+                    log.warning(note, extra={"method": apis.WDK_METHOD})
+                return answer.orders
+
+            return await self.client.call_body(apis.WDK_METHOD, business, body_read)
+
+        return read
+
+    async def _with_rows(
+        self, api: str, digested: dict[str, load.Encoded], invalid: dict[str, str]
+    ) -> dict[str, load.Encoded]:
+        """Rows for the new and changed ones of a batch's digested orders (see
+        :func:`etl.loading.with_rows`); what was odd is noted in the run's quality."""
+        done, normalized = await loading.with_rows(
+            shared_normalizer(self.settings.normalize_processes),
+            loading.stored_lookup(self.engine.connect, api),
+            digested,
+        )
+        self._note(done, invalid, normalized)
+        return done
+
+    def _note(
+        self, done: dict[str, load.Encoded], invalid: dict[str, str], normalized: int
+    ) -> None:
+        quality = Quality(invalid_orders=len(invalid))
+        for why in invalid.values():
+            log.error("order cannot be stored: %s", why)
+        for order in done.values():
+            quality.note(order)
+        self.quality.merge(quality)
+        self.counters.details["orders_normalized"] = (
+            self.counters.details.get("orders_normalized", 0) + normalized
+        )
+
     def _outcome(
-        self, item: queue.Item, found: set[str], got: apis.WdkFetch, invalid: dict[str, str]
+        self,
+        item: queue.Item,
+        found: set[str],
+        got: apis.WdkFetch[Fetched],
+        invalid: dict[str, str],
     ) -> queue.Outcome:
         if item.key in found:
             return queue.Outcome(item, "done")
@@ -451,15 +522,7 @@ class Syncer:
             list(entries),
             datetime.now(UTC),
         )
-        quality = Quality(invalid_orders=len(invalid))
-        for why in invalid.values():
-            log.error("order cannot be stored: %s", why)
-        for order in done.values():
-            quality.note(order)
-        self.quality.merge(quality)
-        self.counters.details["orders_normalized"] = (
-            self.counters.details.get("orders_normalized", 0) + normalized
-        )
+        self._note(done, invalid, normalized)
         return done, invalid
 
     async def _fetch_omni(
@@ -543,6 +606,9 @@ class Syncer:
                 log.debug("database unavailable, retrying the batch in %.1fs", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+        if api == "wdk":  # what the next batches will likely be: mostly new / changed or not
+            o = result.orders
+            self.mix.observe(o.inserted + o.updated, o.inserted + o.updated + o.unchanged + o.stale)
         metrics.observe_freshness(latencies)  # --- TMC: message → row committed
         if acked < len(outcomes):
             log.warning(

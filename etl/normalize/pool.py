@@ -41,6 +41,7 @@ T = TypeVar("T")
 # normalizing + encoding ~0.15 ms an order in-thread; under ~8 orders the hand-off saves the
 # loading process less than it costs the machine.
 IN_THREAD_BELOW = 8
+IN_THREAD_BELOW_BYTES = 32 << 10  # the same for an answer's body (~8 orders of ~4-5 KB)
 
 OWNER_POLL_SECONDS = 1.0  # how soon a worker notices its owner process was killed
 
@@ -105,13 +106,71 @@ def digest_lines(
             wrapped = envelope.has_wrapping(line)
             has_nul = encode_all and b"\\u0000" in line
             for order in _documents(api, envelope.decode(line), wrapped):
-                raw, d = digest(api, order, simplified=True)
-                found = Encoded(api, d.key, d.payload_hash, fetched_at, d.raw, user_id)
-                if encode_all:
-                    found = _encode_parsed(found, None if has_nul else raw)
-                out.orders.append(found)
+                out.orders.append(_digest_one(api, order, fetched_at, user_id, encode_all, has_nul))
         except (errors.TopError, InvalidOrder) as exc:
             out.errors.append((where, f"{exc.__class__.__name__}: {exc}"))
+    return out
+
+
+def _digest_one(
+    api: str,
+    order: dict[str, Any],
+    fetched_at: datetime,
+    user_id: str | None,
+    encode_all: bool,
+    has_nul: bool,
+) -> Encoded:
+    """One order (simplified shape) digested, and with ``encode_all`` normalized and encoded
+    too; ``has_nul``: its text has an escaped NUL (encoded from the stored text, see
+    :func:`_encode_parsed`)."""
+    raw, d = digest(api, order, simplified=True)
+    found = Encoded(api, d.key, d.payload_hash, fetched_at, d.raw, user_id)
+    return _encode_parsed(found, None if has_nul else raw) if encode_all else found
+
+
+@dataclass
+class Fetched:
+    """One order of a fetched answer: the requested id it answers (``echo``), its
+    biz_order_id, and the order digested (with rows when encoded) or why it cannot be stored."""
+
+    echo: str
+    biz: str
+    order: Encoded | None
+    invalid: str | None = None
+
+
+@dataclass
+class Answer:
+    """The orders of one alibaba.wdk.order.get answer, and the warnings to log about it."""
+
+    orders: list[Fetched] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def read_wdk_body(body: bytes, echo_field: str, fetched_at: datetime, encode_all: bool) -> Answer:
+    """An alibaba.wdk.order.get answer's body → its orders digested (and, with ``encode_all``,
+    normalized and encoded in the same pass): the sync loop's counterpart of
+    :func:`digest_lines`, run in the pool so the process making the calls only moves bytes.
+
+    Raises what the client's own reading raises: the classified :class:`errors.TopError` of an
+    error envelope, :class:`errors.MalformedResponse`, :class:`errors.BusinessError`."""
+    method = apis.WDK_METHOD
+    payload = envelope.payload(body, method)
+    out = Answer()
+    try:
+        orders = apis.wdk_orders(payload, out.notes)
+    except errors.MalformedResponse as exc:
+        exc.request_id = exc.request_id or envelope.request_id(payload)
+        raise
+    has_nul = encode_all and b"\\u0000" in body
+    for order in orders:
+        echo, biz = str(order.get(echo_field)), str(order.get("biz_order_id"))
+        try:
+            found = _digest_one("wdk", order, fetched_at, None, encode_all, has_nul)
+        except InvalidOrder as exc:
+            out.orders.append(Fetched(echo, biz, None, str(exc)))
+            continue
+        out.orders.append(Fetched(echo, biz, found))
     return out
 
 
@@ -196,6 +255,10 @@ class Normalizer:
     def pool_for(self, size: int) -> Executor | None:
         """The pool for a batch of ``size`` orders; None: do it in a thread of this process."""
         return self.executor if size >= IN_THREAD_BELOW else None
+
+    def pool_for_body(self, body: bytes) -> Executor | None:
+        """:meth:`pool_for` an answer's body, by its size."""
+        return self.executor if len(body) >= IN_THREAD_BELOW_BYTES else None
 
     def submit(self, size: int, fn: Callable[..., T], *args: Any) -> Future[T]:
         """``fn(*args)`` in the pool, or now in this thread for a batch of fewer than

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
@@ -19,6 +19,7 @@ from etl import errors
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 
 WDK_METHOD = "alibaba.wdk.order.get"
 OMNI_METHOD = "alibaba.omni.order.query"
@@ -50,10 +51,11 @@ class Caller(Protocol):
 
 
 @dataclass
-class WdkFetch:
-    """What one wdk lookup produced: orders, ids the platform does not know, ids that failed."""
+class WdkFetch(Generic[R]):
+    """What one wdk lookup produced: orders (the raw dicts, or what the caller's reader made of
+    them), ids the platform does not know, ids that failed."""
 
-    orders: list[dict[str, Any]] = field(default_factory=list)
+    orders: list[R] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     failed: dict[str, errors.TopError] = field(default_factory=dict)
     calls: int = 0
@@ -103,10 +105,11 @@ def _malformed(what: str, payload: Mapping[str, Any], method: str) -> errors.Mal
     )
 
 
-def wdk_orders(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+def wdk_orders(payload: Mapping[str, Any], notes: list[str] | None = None) -> list[dict[str, Any]]:
     """The orders in a wdk payload; raises BusinessError when ``return_code`` is not SUCCESS and
     MalformedResponse when there is no result at all: "not found" is concluded only from a
-    successful result that lacks the order."""
+    successful result that lacks the order. ``notes``: warnings go there, not to the log (for
+    a reader in another process; its caller logs them)."""
     result = payload.get("result")
     results = result if isinstance(result, list) else [result] if result is not None else []
     if not results:
@@ -130,12 +133,14 @@ def wdk_orders(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
         batch = res.get("orders") or []
         if not isinstance(batch, list) or not all(isinstance(o, Mapping) for o in batch):
             raise _malformed("wdk orders is not a list of objects", payload, WDK_METHOD)
-        _check_total(res, len(batch), rid)
+        _check_total(res, len(batch), rid, notes)
         orders.extend(dict(o) for o in batch)
     return orders
 
 
-def _check_total(result: Mapping[str, Any], carried: int, rid: Any) -> None:
+def _check_total(
+    result: Mapping[str, Any], carried: int, rid: Any, notes: list[str] | None = None
+) -> None:
     total = result.get("total_number")
     if total in (None, ""):
         return
@@ -143,13 +148,13 @@ def _check_total(result: Mapping[str, Any], carried: int, rid: Any) -> None:
         declared = int(total)
     except (TypeError, ValueError):
         declared = -1
-    if declared != carried:
-        log.warning(
-            "wdk answer says total_number=%s but carries %d orders",
-            total,
-            carried,
-            extra={"request_id": rid, "method": WDK_METHOD},
-        )
+    if declared == carried:
+        return
+    text = f"wdk answer says total_number={total} but carries {carried} orders"
+    if notes is not None:
+        notes.append(f"{text} (request_id {rid})" if rid else text)
+    else:
+        log.warning(text, extra={"request_id": rid, "method": WDK_METHOD})
 
 
 def omni_model(payload: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -198,22 +203,48 @@ async def wdk_order_get(
     *,
     batch_size: int = 20,
     filters: Mapping[str, Any] | None = None,
-) -> WdkFetch:
+) -> WdkFetch[dict[str, Any]]:
     """Fetch the orders of ``ids`` (of ``id_kind``) in concurrent calls of ``batch_size`` ids.
 
     Ids whose batch kept failing after retries are in ``failed`` with the error; a flow-control
     ban longer than the threshold and auth errors propagate (nothing is worth trying then).
     """
-    kind = ID_KINDS[id_kind]
+    field_name = ID_KINDS[id_kind].order_field
+
+    async def read(business: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return await client.call_parsed(WDK_METHOD, business, wdk_orders)
+
+    return await wdk_lookup(
+        read,
+        ids,
+        id_kind,
+        batch_size=batch_size,
+        filters=filters,
+        echo=lambda o: str(o.get(field_name)),
+        identity=lambda o: str(o.get("biz_order_id")),
+    )
+
+
+async def wdk_lookup(
+    read: Callable[[Mapping[str, Any]], Awaitable[list[R]]],
+    ids: Sequence[str],
+    id_kind: str,
+    *,
+    batch_size: int,
+    filters: Mapping[str, Any] | None,
+    echo: Callable[[R], str],
+    identity: Callable[[R], str],
+) -> WdkFetch[R]:
+    """:func:`wdk_order_get` with the reading of one call's answer left to ``read(business)``
+    (the orders of one call, in any form), ``echo(order)`` the requested id it answers and
+    ``identity(order)`` its biz_order_id (an order answered twice is kept once)."""
     wanted = _dedupe(ids)
-    out = WdkFetch()
+    out: WdkFetch[R] = WdkFetch()
 
     async def fetch(batch: list[str]) -> None:
         try:
             out.calls += 1
-            orders = await client.call_parsed(
-                WDK_METHOD, wdk_request(id_kind, batch, filters), wdk_orders
-            )
+            orders = await read(wdk_request(id_kind, batch, filters))
         except (errors.CallerError, errors.BusinessError) as exc:
             if len(batch) == 1:
                 out.failed[batch[0]] = exc
@@ -231,17 +262,10 @@ async def wdk_order_get(
         out.orders.extend(orders)
 
     await asyncio.gather(*(fetch(b) for b in chunks(wanted, batch_size)))
-    out.orders = _unique_orders(out.orders)
-    seen = {str(o.get(kind.order_field)) for o in out.orders}
+    out.orders = list({identity(o): o for o in out.orders}.values())
+    seen = {echo(o) for o in out.orders}
     out.missing = [i for i in wanted if i not in seen and i not in out.failed]
     return out
-
-
-def _unique_orders(orders: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    by_id: dict[str, dict[str, Any]] = {}
-    for order in orders:
-        by_id[str(order.get("biz_order_id"))] = order
-    return list(by_id.values())
 
 
 async def omni_order_query(

@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -184,6 +184,24 @@ class TopClient:
         """:meth:`call`, with ``parse`` applied to the payload inside the retry loop: an answer
         that ``parse`` finds malformed (:class:`errors.MalformedResponse`) is retried like any
         transient error, and never taken for an empty result."""
+
+        async def read(body: bytes) -> T:
+            payload = envelope.payload(body, method)
+            try:
+                return parse(payload)
+            except errors.MalformedResponse as exc:
+                exc.request_id = exc.request_id or envelope.request_id(payload)
+                raise
+
+        return await self.call_body(method, business, read)
+
+    async def call_body(
+        self, method: str, business: Mapping[str, Any], read: Callable[[bytes], Awaitable[T]]
+    ) -> T:
+        """:meth:`call_parsed` for a caller that reads the answer's body itself (e.g. in another
+        process, see :func:`etl.normalize.pool.read_wdk_body`): ``read(body)`` raises the
+        classified :class:`errors.TopError` of an error envelope or a malformed answer, and is
+        retried like :meth:`call_parsed`. It runs after the call's concurrency slot is freed."""
         s = self.settings
         attempt = 0
         ban_waits = 0
@@ -195,8 +213,8 @@ class TopClient:
                 async with self.flow.slot(max_ban_wait=s.top_ban_threshold) as ticket:
                     if self.rejected is not None:
                         raise self.rejected
-                    payload = await self._once(method, business, ticket)
-                    return self._parse(method, payload, parse)
+                    body = await self._once(method, business, ticket)
+                return await self._read(method, body, read)
             except BanTooLong as exc:
                 raise errors.RateLimited(
                     "app key is banned (flow control)", retry_after=exc.remaining, method=method
@@ -234,20 +252,18 @@ class TopClient:
                 log.debug("retrying after %.2fs", delay, extra=_err_context(exc, attempt))
                 await asyncio.sleep(delay)
 
-    def _parse(
-        self, method: str, payload: dict[str, Any], parse: Callable[[dict[str, Any]], T]
-    ) -> T:
+    async def _read(self, method: str, body: bytes, read: Callable[[bytes], Awaitable[T]]) -> T:
         try:
-            return parse(payload)
-        except errors.MalformedResponse as exc:
+            return await read(body)
+        except errors.TopError as exc:
             exc.method = exc.method or method
-            exc.request_id = exc.request_id or envelope.request_id(payload)
             self.stats.errors[exc.error_class] += 1
             raise
 
     async def _once(
         self, method: str, business: Mapping[str, Any], ticket: Ticket | None = None
-    ) -> dict[str, Any]:
+    ) -> bytes:
+        """One HTTP exchange: the body of an HTTP 200 answer (read by the caller)."""
         if self._session is None:
             raise RuntimeError("use TopClient as an async context manager")
         params = build_params(method, business, self.settings)
@@ -271,16 +287,11 @@ class TopClient:
                 raise errors.TransportError(f"HTTP {status} from gateway", method=method)
             if status != 200:
                 raise errors.CallerError(f"HTTP {status} from gateway", method=method)
-            payload = envelope.payload(body, method)
         except errors.TopError as exc:
-            exc.method = exc.method or method
             self.stats.errors[exc.error_class] += 1
             raise
-        log.debug(
-            "call ok",
-            extra={"method": method, "request_id": envelope.request_id(payload), "ms": elapsed_ms},
-        )
-        return payload
+        log.debug("call answered", extra={"method": method, "ms": elapsed_ms, "bytes": len(body)})
+        return body
 
 
 def _identity(payload: dict[str, Any]) -> dict[str, Any]:

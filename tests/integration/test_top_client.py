@@ -345,3 +345,48 @@ async def test_control_characters_are_a_property_of_the_order() -> None:
     dirty = [o for o in first.orders if str(o["duty_code"]).startswith("\x07\x1f")]
     assert 5 < len(dirty) < 35  # about 30 % of 60
     assert client.stats.retries == 0
+
+
+@pytest.mark.parametrize(
+    ("step", "calls", "retries"),
+    [("truncated", 2, 1), ("error:10", 2, 1), ("error:41:isv.invalid-parameter", 3, 0)],
+)
+async def test_answers_read_in_the_normalizer_pool_are_retried_and_split_as_here(
+    sim: Simulator, step: str, calls: int, retries: int
+) -> None:
+    """The sync loop reads wdk answers in the normalizer's processes (read_wdk_body through
+    call_body): a malformed or refused answer raised there is retried, or its batch split,
+    exactly as when the client reads it itself."""
+    from datetime import UTC, datetime
+
+    from etl.normalize.pool import Fetched, Normalizer, read_wdk_body
+
+    at = datetime.now(UTC)
+    sim.script(step)
+    with Normalizer(1) as normalizer:
+        async with TopClient(settings_for(sim.url)) as client:
+
+            async def body_read(body: bytes) -> list[Fetched]:
+                answer = await asyncio.get_running_loop().run_in_executor(
+                    normalizer.executor, read_wdk_body, body, "biz_order_id", at, True
+                )
+                return answer.orders
+
+            async def read(business: object) -> list[Fetched]:
+                return await client.call_body(apis.WDK_METHOD, business, body_read)  # type: ignore[arg-type]
+
+            got = await apis.wdk_lookup(
+                read,
+                IDS[:20],
+                "biz",
+                batch_size=20,
+                filters=None,
+                echo=lambda f: f.echo,
+                identity=lambda f: f.biz,
+            )
+    assert {f.echo for f in got.orders} == _existing(IDS[:20])
+    assert all(f.order is not None and f.order.rows for f in got.orders)
+    assert set(got.missing) == set(IDS[:20]) - _existing(IDS[:20])
+    assert not got.failed
+    assert (client.stats.calls, client.stats.retries) == (calls, retries)
+

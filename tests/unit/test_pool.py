@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
 
+from etl import errors
 from etl.db import load
 from etl.normalize import pool
 from etl.normalize.orders import normalize_omni, normalize_wdk
@@ -138,3 +140,76 @@ def test_the_mix_encodes_in_one_pass_only_after_mostly_new_batches() -> None:
     assert not mix.encode_all()
     mix.observe(0, 0)  # an empty batch says nothing
     assert not mix.encode_all()
+
+
+# --------------------------------------------------- a fetched answer read in the pool (sync)
+
+
+def test_a_fetched_body_reads_like_a_captured_line_in_both_shapes() -> None:
+    """read_wdk_body (the sync loop's answers, in the pool) gives the orders digest_lines gives
+    for the same body, by the id each answers, with rows when encode_all."""
+    lines = _mixed_lines()
+    for _, body in lines[:2]:
+        want = pool.digest_lines("wdk", [("x", body)], AT, None, True).orders
+        for encode_all in (False, True):
+            got = pool.read_wdk_body(body, "tb_biz_order_id", AT, encode_all)
+            assert got.notes == []
+            assert [f.biz for f in got.orders] == [str(o.key) for o in want]
+            assert [f.echo for f in got.orders] == [
+                str(data.TB_BASE + int(f.biz)) for f in got.orders
+            ]
+            for fetched, ref in zip(got.orders, want, strict=True):
+                assert fetched.order is not None
+                assert fetched.invalid is None
+                assert fetched.order.payload_hash == ref.payload_hash
+                assert (fetched.order.rows == ref.rows) is encode_all
+                assert (fetched.order.rows is None) is not encode_all
+
+
+def test_a_fetched_body_names_invalid_orders_and_says_what_is_odd_about_the_answer() -> None:
+    good = data.wdk_order(data.FIRST_DEMO_BIZ_ID)
+    keyless = dict(data.wdk_order(data.FIRST_DEMO_BIZ_ID + 1))
+    del keyless["biz_order_id"]
+    body = orjson.dumps(
+        {
+            "result": {
+                "return_code": "SUCCESS",
+                "total_number": 3,
+                "orders": [good, keyless],
+            },
+            "request_id": "rq1",
+        }
+    )
+    got = pool.read_wdk_body(body, "out_order_id", AT, True)
+    assert [(f.echo, f.order is not None) for f in got.orders] == [
+        (good["out_order_id"], True),
+        (keyless["out_order_id"], False),
+    ]
+    assert got.orders[1].invalid
+    assert got.notes == ["wdk answer says total_number=3 but carries 2 orders (request_id rq1)"]
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (
+            b'{"error_response":{"code":7,"msg":"App Call Limited",'
+            b'"sub_msg":"This ban will last for 3 more seconds"}}',
+            errors.RateLimited,
+        ),
+        (b'{"error_response":{"code":25,"msg":"Invalid signature"}}', errors.SignatureError),
+        (b'{"result":{"return_code":"FAIL","return_msg":"x"}}', errors.BusinessError),
+        (b'{"result":{"orders":[]', errors.MalformedResponse),
+        (b'{"request_id":"rq2"}', errors.MalformedResponse),
+    ],
+)
+def test_a_fetched_body_raises_what_the_client_would(body: bytes, error: type) -> None:
+    """The same classified errors as the client's own reading, across the process boundary
+    (the pool pickles them): the client retries, splits or stops on them as before."""
+    with pytest.raises(error) as caught:
+        pool.read_wdk_body(body, "biz_order_id", AT, True)
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert type(again) is error
+    assert str(again) == str(caught.value)
+    if body == b'{"request_id":"rq2"}':
+        assert caught.value.request_id == "rq2"
