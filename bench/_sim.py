@@ -51,7 +51,8 @@ def simulator(*args: str, referee: bool = False) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     PIDS[base + "/router/rest"] = proc.pid
     try:
-        for _ in range(100):
+        deadline = time.monotonic() + 120  # a --prerender start takes a while
+        while time.monotonic() < deadline and proc.poll() is None:
             try:
                 urllib.request.urlopen(base + "/counters", timeout=1).read()
                 break

@@ -195,6 +195,14 @@ def _parse_faults(pairs: tuple[str, ...], spread: float | None) -> dict[str, flo
     help="message service: share of duplicates, out-of-order and other-topic messages "
     "(each; unreadable ones at a fifth of it)",
 )
+@click.option(
+    "--prerender",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="serialize the first N demo wdk orders at start, so serving them costs little CPU "
+    "(for benchmarks sharing the machine)",
+)
 @pass_state
 @handle_errors
 def simulate(
@@ -204,6 +212,7 @@ def simulate(
     port: int,
     faults: tuple[str, ...],
     fault_rate: float | None,
+    prerender: int,
     **options: Any,
 ) -> None:
     """Run the TOP gateway simulator (POST /router/rest) until interrupted.
@@ -230,6 +239,10 @@ def simulate(
         from etl import app
 
         sim = Simulator(config)
+        if prerender:
+            from etl.simulator.data import FIRST_DEMO_BIZ_ID
+
+            sim.prerender(FIRST_DEMO_BIZ_ID, prerender)
         url = await sim.start(host, port)
         click.echo(f"TOP simulator listening on {url} (app_key {config.app_key}); Ctrl-C stops")
         if config.tmc.rate > 0:

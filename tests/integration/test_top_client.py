@@ -390,3 +390,28 @@ async def test_answers_read_in_the_normalizer_pool_are_retried_and_split_as_here
     assert not got.failed
     assert (client.stats.calls, client.stats.retries) == (calls, retries)
 
+
+@pytest.mark.parametrize("simplify", ["true", "false"])
+async def test_prerendered_orders_are_served_as_they_are_generated(simplify: str) -> None:
+    """`etl simulate --prerender` (benchmarks) changes the simulator's CPU, not its answers:
+    the same orders, the message stream's moves and filters included."""
+    sim = Simulator(SimulatorConfig(missing_rate=0.1))
+    assert sim.prerender(data.FIRST_DEMO_BIZ_ID, 40) == len(_existing(IDS[:40]))
+    moved = int(sorted(_existing(IDS[:40]))[0])
+    sim.tmc.status[moved] = "REFUNDED"  # moved on by the message stream after it was rendered
+    await sim.start()
+    try:
+        async with TopClient(settings_for(sim.url, top_simplify=simplify)) as client:
+            got = await apis.wdk_order_get(client, IDS, "biz", batch_size=20)
+            store = data.wdk_order(moved)["store_id"]
+            filtered = await apis.wdk_order_get(
+                client, IDS[:40], "biz", filters={"store_id": store}
+            )
+    finally:
+        await sim.stop()
+    assert {str(o["biz_order_id"]) for o in got.orders} == _existing(IDS)
+    for order in got.orders:
+        assert order == sim.current_wdk_order(order["biz_order_id"])
+    assert next(o for o in got.orders if o["biz_order_id"] == moved)["order_status"] == "REFUNDED"
+    assert filtered.orders
+    assert {o["store_id"] for o in filtered.orders} == {store}
