@@ -44,6 +44,9 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("etl", appauthor=False))
 
 
+DEFAULT_CLAIM_MAX = 800  # ids: about the batch etl load writes at once (~4 MB of orders)
+
+
 class Settings(BaseModel):
     """All settings of etl; see ``config/etl.example.toml`` for each one's meaning."""
 
@@ -108,7 +111,11 @@ class Settings(BaseModel):
 
     # --- the queue and the worker
     claim_size: int = Field(
-        0, ge=0, le=100_000, description="ids claimed per batch; 0 = batch_size x concurrency"
+        0,
+        ge=0,
+        le=100_000,
+        description="ids claimed per batch; 0 = what a lane fetches in about a second at "
+        "top_qps (top_qps x batch_size / lanes), at least batch_size x concurrency, at most 800",
     )
     lanes: int = Field(4, ge=1, le=32, description="batches in flight per process")
     normalize_processes: int = Field(
@@ -217,7 +224,16 @@ class Settings(BaseModel):
         return [x.strip() for x in self.final_statuses.split(",") if x.strip()]
 
     def effective_claim_size(self) -> int:
-        return self.claim_size or self.batch_size * self.concurrency
+        """``claim_size``, or by default: what one lane fetches in about a second at the cap —
+        a batch's fixed costs (claim, hash lookup, COPY set-up, commit) are then shared by more
+        orders when the quota is large (measured, uncapped backfill, 2 cores: 800-id batches
+        load ~1.15x as fast as 400-id ones), while a small quota keeps batches that finish well
+        within shutdown_grace_seconds — never less than one wave of concurrent calls."""
+        if self.claim_size:
+            return self.claim_size
+        wave = self.batch_size * self.concurrency
+        second = int(self.top_qps * self.batch_size / self.lanes)
+        return max(wave, min(DEFAULT_CLAIM_MAX, second))
 
     def secrets(self) -> list[str]:
         """The secret values, for log redaction (never print these)."""

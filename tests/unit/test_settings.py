@@ -162,3 +162,17 @@ def test_example_config_documents_every_setting() -> None:
 def test_every_setting_has_an_env_name() -> None:
     assert env_name("top_qps") == "ETL_TOP_QPS"
     assert {"top_app_secret", "top_session", "database_url"} == set(SECRET_FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("env", "claim"),
+    [
+        ({}, 80),  # 10 QPS x 20 ids / 4 lanes = 50: one wave of 4 calls of 20 is more
+        ({"ETL_TOP_QPS": "100"}, 500),  # what a lane fetches in a second at the cap
+        ({"ETL_TOP_QPS": "10000", "ETL_BATCH_SIZE": "50"}, 800),  # at most 800
+        ({"ETL_TOP_QPS": "10000", "ETL_BATCH_SIZE": "100", "ETL_CONCURRENCY": "16"}, 1600),
+        ({"ETL_TOP_QPS": "10000", "ETL_CLAIM_SIZE": "120"}, 120),  # set: as set
+    ],
+)
+def test_the_default_claim_follows_the_quota(env: dict[str, str], claim: int) -> None:
+    assert load_settings(env={"ETL_CONFIG": "", **env}).effective_claim_size() == claim
