@@ -167,12 +167,15 @@ def test_every_setting_has_an_env_name() -> None:
 @pytest.mark.parametrize(
     ("env", "claim"),
     [
-        ({}, 80),  # 10 QPS x 20 ids / 4 lanes = 50: one wave of 4 calls of 20 is more
-        ({"ETL_TOP_QPS": "100"}, 500),  # what a lane fetches in a second at the cap
-        ({"ETL_TOP_QPS": "10000", "ETL_BATCH_SIZE": "50"}, 800),  # at most 800
+        ({}, 80),  # one wave: 4 calls of 20
+        ({"ETL_TOP_QPS": "50", "ETL_CONCURRENCY": "8"}, 160),  # the cap binds: one wave
+        ({"ETL_TOP_QPS": "100"}, 800),  # 2,000 orders/s allowed: the machine is the limit
+        ({"ETL_TOP_QPS": "10000", "ETL_BATCH_SIZE": "30"}, 780),  # in whole calls
         ({"ETL_TOP_QPS": "10000", "ETL_BATCH_SIZE": "100", "ETL_CONCURRENCY": "16"}, 1600),
         ({"ETL_TOP_QPS": "10000", "ETL_CLAIM_SIZE": "120"}, 120),  # set: as set
     ],
 )
-def test_the_default_claim_follows_the_quota(env: dict[str, str], claim: int) -> None:
+def test_the_default_claim_grows_when_the_quota_outruns_the_machine(
+    env: dict[str, str], claim: int
+) -> None:
     assert load_settings(env={"ETL_CONFIG": "", **env}).effective_claim_size() == claim
