@@ -231,8 +231,8 @@ class Settings(BaseModel):
         BIG_QUOTA_ORDERS): the machine is then the limit, and a batch's fixed costs (claim,
         hash lookup, COPY set-up, commit) are shared by more orders (measured, uncapped
         backfill, 2 cores: 800-id batches load ~1.15x as fast as 400-id ones). Under a cap
-        that binds, bigger batches gain nothing and make the calls burstier (measured at 50
-        QPS: 240-id claims drew flow-control bans that 160-id ones did not)."""
+        that binds, bigger batches gain nothing, and a batch in flight takes longer to finish
+        at a SIGTERM."""
         if self.claim_size:
             return self.claim_size
         wave = self.batch_size * self.concurrency
