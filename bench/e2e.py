@@ -139,12 +139,17 @@ def uncapped(a: argparse.Namespace) -> None:
             calls = int(str(counters(top_url)["calls"]))
             sim_cpu = cpu_seconds(PIDS[top_url])
             started = time.monotonic()
-            subprocess.run(
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "etl", "backfill", "--file", str(id_file)],
                 env=env,
-                check=True,
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
             )
+            assert proc.stdout is not None
+            proc.stdout.readline()  # "backfill N: ... ids": started, the ids queued
+            queued = time.monotonic() - started
+            proc.stdout.read()
+            if proc.wait() != 0:
+                raise SystemExit(f"etl backfill failed ({proc.returncode})")
             elapsed = time.monotonic() - started
             sim_cpu = cpu_seconds(PIDS[top_url]) - sim_cpu
             calls = int(str(counters(top_url)["calls"])) - calls
@@ -152,7 +157,8 @@ def uncapped(a: argparse.Namespace) -> None:
             ratios.append(rate / load_rate)
             print(
                 f"  run {run}: etl load (first load) {load_rate:,.0f} orders/s, etl backfill "
-                f"{rate:,.0f} orders/s = {rate / load_rate:.2f} x ({calls} calls; the simulator "
+                f"{rate:,.0f} orders/s = {rate / load_rate:.2f} x ({queued:.1f} s of its "
+                f"{elapsed:.1f} s to start and queue the ids; {calls} calls; the simulator "
                 f"used {sim_cpu:.1f} s of CPU = {sim_cpu / elapsed / cores:.0%} of the machine, "
                 f"{sim_cpu / max(1, _count(url)) * 1e6:,.0f} us an order)"
             )
