@@ -154,14 +154,8 @@ def read_wdk_body(body: bytes, echo_field: str, fetched_at: datetime, encode_all
 
     Raises what the client's own reading raises: the classified :class:`errors.TopError` of an
     error envelope, :class:`errors.MalformedResponse`, :class:`errors.BusinessError`."""
-    method = apis.WDK_METHOD
-    payload = envelope.payload(body, method)
     out = Answer()
-    try:
-        orders = apis.wdk_orders(payload, out.notes)
-    except errors.MalformedResponse as exc:
-        exc.request_id = exc.request_id or envelope.request_id(payload)
-        raise
+    orders = envelope.parsed(body, apis.WDK_METHOD, lambda p: apis.wdk_orders(p, out.notes))
     has_nul = encode_all and b"\\u0000" in body
     for order in orders:
         echo, biz = str(order.get(echo_field)), str(order.get("biz_order_id"))

@@ -186,12 +186,7 @@ class TopClient:
         transient error, and never taken for an empty result."""
 
         async def read(body: bytes) -> T:
-            payload = envelope.payload(body, method)
-            try:
-                return parse(payload)
-            except errors.MalformedResponse as exc:
-                exc.request_id = exc.request_id or envelope.request_id(payload)
-                raise
+            return envelope.parsed(body, method, parse)
 
         return await self.call_body(method, business, read)
 

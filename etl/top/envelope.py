@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import orjson
 
 from etl import chinatime, errors
+
+T = TypeVar("T")
 
 # List fields of both APIs and the item key the default shape wraps them in.
 LIST_FIELDS: dict[str, str] = {
@@ -237,6 +239,17 @@ def payload(body: bytes, method: str) -> dict[str, Any]:
         raise errors.MalformedResponse(f"{wrapper} is a {type(inner).__name__}, not an object")
     result: dict[str, Any] = unwrap_lists(inner) if has_wrapping(body) else inner
     return result
+
+
+def parsed(body: bytes, method: str, parse: Callable[[dict[str, Any]], T]) -> T:
+    """``parse`` applied to the payload of ``body`` (see :func:`payload`); a
+    :class:`errors.MalformedResponse` it raises carries the answer's request_id."""
+    found = payload(body, method)
+    try:
+        return parse(found)
+    except errors.MalformedResponse as exc:
+        exc.request_id = exc.request_id or request_id(found)
+        raise
 
 
 def response_key(method: str) -> str:
