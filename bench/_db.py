@@ -12,18 +12,28 @@ from psycopg import sql
 from etl.db import engine, migrate
 
 
-def scratch_database(name: str) -> str:
-    """Drop and re-create database ``name`` at the newest schema; return its URL."""
+def _admin() -> str:
     configured = os.environ.get("ETL_DATABASE_URL", "").strip()
     if configured:
-        admin = configured
-    else:
-        data_dir = Path(os.environ.get("ETL_BENCH_DATA_DIR") or tempfile.gettempdir()) / "etl-bench"
-        admin = str(engine.embedded_server(data_dir).get_uri())
-    with psycopg.connect(admin, autocommit=True) as conn:
+        return configured
+    data_dir = Path(os.environ.get("ETL_BENCH_DATA_DIR") or tempfile.gettempdir()) / "etl-bench"
+    return str(engine.embedded_server(data_dir).get_uri())
+
+
+def drop_database(name: str) -> None:
+    """Drop database ``name`` — with the autovacuum still cleaning up after what was measured in
+    it, which would otherwise run during (and be billed to) the next measurement."""
+    with psycopg.connect(_admin(), autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+def scratch_database(name: str) -> str:
+    """Drop and re-create database ``name`` at the newest schema; return its URL."""
+    drop_database(name)
+    admin = _admin()
+    with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     info = psycopg.conninfo.conninfo_to_dict(admin)
     info["dbname"] = name

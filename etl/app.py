@@ -8,7 +8,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 
@@ -222,8 +222,10 @@ async def drain_once(
     wait_for_retries: float = 0.0,
     client: TopClient | None = None,
     backfill: int | None = None,
+    feeding: asyncio.Future[Any] | None = None,
 ) -> RunOutcome:
-    """One run of ``kind`` that drains the queue and records itself in sync_runs.
+    """One run of ``kind`` that drains the queue and records itself in sync_runs (while
+    ``feeding`` is not done, more ids are still being queued: see :meth:`Syncer.drain`).
 
     A graceful stop lets the batches in flight finish; an abort (second signal, grace period
     over) cancels them and releases their ids untouched.
@@ -239,7 +241,8 @@ async def drain_once(
                     top = await stack.enter_async_context(top_client(settings, engine, kind))
                 syncer = Syncer(settings, engine, top, run_id, progress=progress, backfill=backfill)
                 finished, result = await until_done_or_aborted(
-                    syncer.drain(stop.stop, wait_for_retries=wait_for_retries), stop.abort
+                    syncer.drain(stop.stop, wait_for_retries=wait_for_retries, feeding=feeding),
+                    stop.abort,
                 )
                 if not finished or result is None:
                     await asyncio.to_thread(release_leases, engine, syncer.worker)

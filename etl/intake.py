@@ -1,15 +1,24 @@
 """Ids into the queue from arguments, a file or standard input — streamed: validated and queued a
-chunk at a time inside the caller's transaction, so a file of ten million ids takes bounded memory
-and a bad line still means nothing is queued (unless ``skip_invalid``)."""
+chunk at a time, so a file of ten million ids takes bounded memory, and a bad line still means
+nothing is queued (unless ``skip_invalid``).
+
+Two ways: :func:`queue_ids` validates and queues in one pass inside the caller's transaction
+(``etl enqueue``); a backfill first reads the whole input (:func:`read_ids`: validated,
+fingerprinted, spooled to a temporary file, nothing written to the database), then
+:func:`feed` queues it in short transactions while the backfill already fetches the first ids.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from etl import errors, ids
 from etl.db import backfills, queue
@@ -43,35 +52,146 @@ def queue_ids(
     *,
     refresh: bool = False,
     skip_invalid: bool = False,
-    backfill: int | None = None,
     priority: int = queue.PRIORITY_LIVE,
     progress: Progress | None = None,
     chunk_size: int = ids.CHUNK,
 ) -> Intake:
-    """Validate and queue the ids of ``lines`` (and add them to ``backfill``). Raises
-    :class:`errors.InputError` — the caller's transaction then rolls everything back — when a
-    line is bad (unless ``skip_invalid``) or there is no id at all."""
+    """Validate and queue the ids of ``lines``. Raises :class:`errors.InputError` — the caller's
+    transaction then rolls everything back — when a line is bad (unless ``skip_invalid``) or
+    there is no id at all."""
     out = Intake()
-    digest = hashlib.sha256(f"{api}\n{id_kind}\n".encode())
+    digest = _digest(api, id_kind)
     last_report = time.monotonic()
     for chunk in ids.chunks(lines, api, id_kind, where, chunk_size):
-        out.lines = chunk.lines
-        out.bad_lines += len(chunk.errors)
-        out.errors.extend(chunk.errors[: SHOWN_ERRORS - len(out.errors)])
-        out.ids += len(chunk.keys)
-        out.duplicates += chunk.duplicates
-        for key in chunk.keys:
-            digest.update(key.encode() + b"\n")
+        _read(out, chunk, digest)
         if out.bad_lines and not skip_invalid:
             continue  # keep reading, to say how many lines are bad; nothing will be queued
         out.added += queue.enqueue(
             conn, api, id_kind, chunk.keys, refresh=refresh, priority=priority
         )
-        if backfill is not None:
-            backfills.add(conn, backfill, api, id_kind, chunk.keys)
         if progress and time.monotonic() - last_report >= PROGRESS_SECONDS:
             last_report = time.monotonic()
             progress(out)
+    return _checked(out, digest, skip_invalid)
+
+
+@dataclass
+class Spooled:
+    """An input read whole by :func:`read_ids`: what was read, and its valid ids in a temporary
+    file (one per line, deduplicated within each chunk of ``ids.CHUNK``)."""
+
+    intake: Intake
+    file: IO[bytes]
+
+    def chunks(self, size: int) -> Iterator[list[str]]:
+        """The ids again, ``size`` at a time, each chunk without duplicates."""
+        self.file.seek(0)
+        keys: dict[str, None] = {}
+        for line in self.file:
+            keys[line.rstrip(b"\n").decode()] = None
+            if len(keys) >= size:
+                yield list(keys)
+                keys = {}
+        if keys:
+            yield list(keys)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> Spooled:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_ids(
+    api: str,
+    id_kind: str,
+    lines: Iterable[str],
+    where: str,
+    *,
+    skip_invalid: bool = False,
+    progress: Progress | None = None,
+    chunk_size: int = ids.CHUNK,
+) -> Spooled:
+    """Validate and fingerprint the whole input, writing nothing to the database; raises
+    :class:`errors.InputError` as :func:`queue_ids` does."""
+    out = Intake()
+    digest = _digest(api, id_kind)
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the Spooled returned
+    try:
+        last_report = time.monotonic()
+        for chunk in ids.chunks(lines, api, id_kind, where, chunk_size):
+            _read(out, chunk, digest)
+            if chunk.keys and not (out.bad_lines and not skip_invalid):
+                spool.write("".join(f"{key}\n" for key in chunk.keys).encode())
+            if progress and time.monotonic() - last_report >= PROGRESS_SECONDS:
+                last_report = time.monotonic()
+                progress(out)
+        return Spooled(_checked(out, digest, skip_invalid), spool)
+    except BaseException:
+        spool.close()
+        raise
+
+
+FEED_CHUNK = 5_000  # ids per transaction while feeding a backfill: the first are fetched soon
+
+
+@dataclass
+class Fed:
+    """What :func:`feed` queued."""
+
+    added: int = 0  # rows added to the queue or re-armed
+    finished: int = 0  # ids already finished before the backfill started (see backfills.add)
+    complete: bool = True  # False: stopped before the end (the next run resumes)
+
+
+def feed(
+    engine: Engine,
+    backfill_id: int,
+    api: str,
+    id_kind: str,
+    spooled: Spooled,
+    *,
+    since: datetime,
+    refresh: bool = False,
+    priority: int = queue.PRIORITY_BULK,
+    stopped: Callable[[], bool] = lambda: False,
+    chunk_size: int = FEED_CHUNK,
+) -> Fed:
+    """Queue the spooled ids and make them part of the backfill, a transaction per chunk, so
+    that a drain running meanwhile claims each chunk as soon as it is committed. Stops between
+    chunks when ``stopped()``; what was committed stays (the same input again resumes)."""
+    fed = Fed()
+    for keys in spooled.chunks(chunk_size):
+        if stopped():
+            fed.complete = False
+            break
+        with engine.begin() as conn:
+            fed.added += queue.enqueue(conn, api, id_kind, keys, refresh=refresh, priority=priority)
+            fed.finished += backfills.add(conn, backfill_id, api, id_kind, keys, since)
+    if fed.complete:
+        with engine.begin() as conn:
+            backfills.seal(conn, backfill_id)
+    return fed
+
+
+def _digest(api: str, id_kind: str) -> hashlib._Hash:
+    return hashlib.sha256(f"{api}\n{id_kind}\n".encode())
+
+
+def _read(out: Intake, chunk: ids.Chunk, digest: hashlib._Hash) -> None:
+    out.lines = chunk.lines
+    out.bad_lines += len(chunk.errors)
+    out.errors.extend(chunk.errors[: SHOWN_ERRORS - len(out.errors)])
+    out.ids += len(chunk.keys)
+    out.duplicates += chunk.duplicates
+    for key in chunk.keys:
+        digest.update(key.encode() + b"\n")
+
+
+def _checked(out: Intake, digest: hashlib._Hash, skip_invalid: bool) -> Intake:
     out.fingerprint = digest.hexdigest()
     if out.bad_lines and not skip_invalid:
         shown = "\n  ".join(out.errors)

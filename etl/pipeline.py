@@ -42,6 +42,7 @@ from etl.top.client import TopClient
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 1000
+FEEDING_POLL_SECONDS = 0.1  # a drain fed meanwhile (etl backfill) looks for new ids this often
 DEFAULT_PROCESSES = 2  # normalizer processes when the caller has no settings at hand
 
 
@@ -272,9 +273,17 @@ class Syncer:
 
     # ------------------------------------------------------------------------------ the loop
 
-    async def drain(self, stop: asyncio.Event, *, wait_for_retries: float = 0.0) -> DrainResult:
+    async def drain(
+        self,
+        stop: asyncio.Event,
+        *,
+        wait_for_retries: float = 0.0,
+        feeding: asyncio.Future[Any] | None = None,
+    ) -> DrainResult:
         """Work until nothing is due (then, with ``wait_for_retries``, wait for retries falling
-        due within that many seconds), a long ban, a fatal error, or ``stop``."""
+        due within that many seconds), a long ban, a fatal error, or ``stop``. While
+        ``feeding`` is not done, more ids are on their way into the queue: nothing due yet
+        means waiting for them, not the end."""
         logs.bind(run_id=self.run_id)
         self.credentials = None
         await self._tidy_killed()
@@ -282,7 +291,12 @@ class Syncer:
             if await self._ban_active():
                 break
             await asyncio.gather(*(self._lane(stop) for _ in range(self.settings.lanes)))
-            if self.halted() or stop.is_set() or wait_for_retries <= 0:
+            if self.halted() or stop.is_set():
+                break
+            if feeding is not None and not feeding.done():
+                await asyncio.wait([feeding], timeout=FEEDING_POLL_SECONDS)
+                continue
+            if wait_for_retries <= 0:
                 break
             try:
                 due = await self._db(

@@ -57,7 +57,6 @@ def _queue_input(
     *,
     refresh: bool,
     skip_invalid: bool,
-    backfill: int | None = None,
     priority: int = 0,
 ) -> Any:
     """Stream the input into the queue (in the caller's transaction); bad lines skipped are
@@ -76,15 +75,19 @@ def _queue_input(
             where,
             refresh=refresh,
             skip_invalid=skip_invalid,
-            backfill=backfill,
             priority=priority,
             progress=progress,
         )
+    _report_skipped(got)
+    return got
+
+
+def _report_skipped(got: Any) -> None:
+    """The bad lines skipped (--skip-invalid), on stderr."""
     for problem in got.errors:
         click.echo(f"skipped: {problem}", err=True)
     if got.bad_lines > len(got.errors):
         click.echo(f"skipped: ... and {got.bad_lines - len(got.errors)} more", err=True)
-    return got
 
 
 def _id_options(f: F) -> F:
@@ -234,19 +237,32 @@ def backfill(
 ) -> None:
     """Enqueue the ids of --file and drain them with a progress bar.
 
+    The file is read and checked whole first (a bad line queues nothing); its ids are then
+    queued in short transactions while the first ones are already being fetched.
     Re-running the same command resumes: ids already done are skipped (--refresh fetches them
     again). Ctrl-C or SIGTERM stops after the batches in flight; nothing is lost. Exit 1 if any
     id ended failed, 3 if a long ban stopped it, 4 if the credentials were rejected.
     """
     import asyncio
+    import threading
+    import time
 
-    from etl import app
+    from etl import app, intake
     from etl.cli.progress import PlainProgress
-    from etl.db import backfills, queue
+    from etl.db import backfills
 
     if not file:
         raise errors.InputError("backfill needs --file (or --file - for stdin)")
     kind = _kind(api, id_kind)
+
+    def progress_read(got: intake.Intake) -> None:
+        click.echo(f"read {got.lines:,} lines: {got.ids:,} ids", err=True)
+
+    with _lines((), file) as (lines, where):
+        spooled = intake.read_ids(
+            api, kind, lines, where, skip_invalid=skip_invalid, progress=progress_read
+        )
+    _report_skipped(spooled.intake)
 
     async def run() -> Any:
         from rich.progress import (
@@ -259,28 +275,16 @@ def backfill(
         )
 
         stop = app.stop_on_signals(app.Stopping(state.settings.shutdown_grace_seconds))
+        halt = threading.Event()  # the drain ended: stop queueing
         with app.database(state.settings) as engine:
             with engine.begin() as conn:
-                backfill_id = backfills.begin(conn, api, kind, file)
-                got = _queue_input(
-                    conn,
-                    api,
-                    kind,
-                    (),
-                    file,
-                    refresh=refresh,
-                    skip_invalid=skip_invalid,
-                    backfill=backfill_id,
-                    priority=queue.PRIORITY_BULK,
+                backfill_id, resumed, since = backfills.begin(
+                    conn, api, kind, file, spooled.intake.fingerprint, spooled.intake.ids
                 )
-                backfill_id, resumed = backfills.finish(conn, backfill_id, got.fingerprint)
-                states = backfills.states(conn, backfill_id)
-            total = sum(states.values())
-            finished = sum(states.get(s, 0) for s in queue.FINAL)
-            todo = total - finished
+            total = spooled.intake.ids
             click.echo(
                 f"backfill {backfill_id}{' (resumed)' if resumed else ''}: {total} ids, "
-                f"{finished} already finished, {todo} to fetch"
+                "fetched while they are queued"
             )
             columns = (
                 TextColumn("[progress.description]{task.description}"),
@@ -293,30 +297,68 @@ def backfill(
             )
             started = time.monotonic()
             on_terminal = sys.stderr.isatty()
-            plain = PlainProgress(todo, progress_seconds)
+            plain = PlainProgress(total, progress_seconds)
             with Progress(*columns, disable=not on_terminal) as bar:
-                task = bar.add_task("backfill", total=todo, rate=0.0, errors=0)
+                task = bar.add_task("backfill", total=total, rate=0.0, errors=0)
                 done = [0, 0]
 
                 def progress(settled: int, failed: int) -> None:
                     done[0] += settled
                     done[1] += failed
                     rate = done[0] / max(0.001, time.monotonic() - started)
-                    bar.update(task, completed=min(done[0], todo), rate=rate, errors=done[1])
-                    plain.update(min(done[0], todo), done[1])
+                    shown = min(done[0], plain.total)
+                    bar.update(task, completed=shown, rate=rate, errors=done[1])
+                    plain.update(shown, done[1])
 
-                async with plain.running(active=not on_terminal):
-                    return await app.drain_once(
-                        state.settings,
-                        engine,
-                        "backfill",
-                        stop=stop,
-                        progress=progress,
-                        wait_for_retries=wait,
-                        backfill=backfill_id,
+                def queued(fut: asyncio.Future[intake.Fed]) -> None:
+                    if fut.cancelled():
+                        return
+                    if fut.exception() is not None:
+                        stop.stop.set()  # the error is raised once the batches in flight end
+                        return
+                    fed = fut.result()
+                    if not fed.complete:
+                        return
+                    todo = total - fed.finished
+                    plain.total = todo
+                    bar.update(task, total=todo)
+                    click.echo(
+                        f"backfill {backfill_id}: all {total} ids queued, {fed.finished} "
+                        f"already finished, {todo} to fetch"
                     )
 
-    import time
+                feeding = asyncio.ensure_future(
+                    asyncio.to_thread(
+                        intake.feed,
+                        engine,
+                        backfill_id,
+                        api,
+                        kind,
+                        spooled,
+                        since=since,
+                        refresh=refresh,
+                        stopped=lambda: stop.stop.is_set() or halt.is_set(),
+                    )
+                )
+                feeding.add_done_callback(queued)
+                try:
+                    async with plain.running(active=not on_terminal):
+                        outcome = await app.drain_once(
+                            state.settings,
+                            engine,
+                            "backfill",
+                            stop=stop,
+                            progress=progress,
+                            wait_for_retries=wait,
+                            backfill=backfill_id,
+                            feeding=feeding,
+                        )
+                finally:
+                    halt.set()
+                    await asyncio.wait([feeding])
+                    spooled.close()
+                feeding.result()  # raise what stopped the queueing, if anything did
+                return outcome
 
     _finish(asyncio.run(run()))
 

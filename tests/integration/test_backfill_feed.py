@@ -1,0 +1,90 @@
+"""A backfill's drain runs while its ids are still being queued (etl.intake.feed): it fetches
+each chunk once committed, and does not end while more ids are on their way."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from etl import intake
+from etl.db import backfills
+from etl.db import engine as db_engine
+from etl.pipeline import Syncer
+from etl.simulator import data
+from etl.simulator.server import Simulator, SimulatorConfig
+from etl.top.client import TopClient
+from tests.helpers import settings_for
+
+N, CHUNK = 600, 100
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    simulator = Simulator(SimulatorConfig(missing_rate=0.0))
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    e = db_engine.create_engine(settings_for("http://x/router/rest"), db_url)
+    yield e
+    e.dispose()
+
+
+def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
+    with engine.begin() as conn:
+        return list(conn.execute(sa.text(sql), params).all())
+
+
+async def test_the_drain_fetches_while_the_ids_are_queued_and_waits_for_the_last(
+    sim: Simulator, engine: Engine
+) -> None:
+    s = settings_for(sim.url, batch_size=20, claim_size=40)
+    keys = [str(data.FIRST_DEMO_BIZ_ID + i) for i in range(N)]
+    with intake.read_ids("wdk", "biz", keys, "ids.txt") as spooled:
+        with engine.begin() as conn:
+            backfill_id, resumed, since = backfills.begin(
+                conn, "wdk", "biz", "ids.txt", spooled.intake.fingerprint, spooled.intake.ids
+            )
+        assert not resumed
+
+        def slowly() -> bool:  # a slow feed: the drain runs dry between chunks
+            time.sleep(0.5)
+            return False
+
+        feeding = asyncio.ensure_future(
+            asyncio.to_thread(
+                intake.feed,
+                engine,
+                backfill_id,
+                "wdk",
+                "biz",
+                spooled,
+                since=since,
+                stopped=slowly,
+                chunk_size=CHUNK,
+            )
+        )
+        run_id = rows(engine, "INSERT INTO sync_runs (kind) VALUES ('backfill') RETURNING id")[0][0]
+        async with TopClient(s) as client:
+            syncer = Syncer(s, engine, client, run_id, backfill=backfill_id)
+            result = await syncer.drain(asyncio.Event(), feeding=feeding)
+        fed = await feeding
+    assert (fed.complete, fed.added, fed.finished) == (True, N, 0)
+    assert result.counters.ids_claimed == N  # one drain, though it ran dry five times
+    assert rows(engine, "SELECT state, count(*) FROM sync_queue GROUP BY 1") == [("done", N)]
+    assert rows(engine, "SELECT count(*) FROM wdk_orders") == [(N,)]
+    # the first ids were fetched before the last were queued
+    (first_done, last_queued), *_ = rows(
+        engine, "SELECT min(done_at), max(enqueued_at) FROM sync_queue"
+    )
+    assert first_done < last_queued
+    assert rows(engine, "SELECT ids FROM backfills") == [(N,)]
