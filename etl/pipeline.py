@@ -42,6 +42,7 @@ from etl.top.client import TopClient
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 1000
+EXPIRED_CLAIM_SECONDS = 5.0  # how often a claim also looks for expired leases
 FEEDING_POLL_SECONDS = 0.1  # a drain fed meanwhile (etl backfill) looks for new ids this often
 DEFAULT_PROCESSES = 2  # normalizer processes when the caller has no settings at hand
 
@@ -266,6 +267,7 @@ class Syncer:
         # what the hash checks of recent wdk batches found: whether to normalize the next ones
         # in the same pass as reading them (see etl.loading.Mix)
         self.mix = loading.Mix()
+        self._expired_looked = -EXPIRED_CLAIM_SECONDS  # monotonic time of the last look
 
     def halted(self) -> bool:
         """Nothing more can be fetched in this drain (a long ban, rejected credentials, ...)."""
@@ -351,6 +353,12 @@ class Syncer:
                 return
 
     async def _claim(self, api: str, size: int) -> list[queue.Item]:
+        # Expired leases (a dead worker's) are looked for every EXPIRED_CLAIM_SECONDS, not at
+        # every claim: the look costs milliseconds mid-backfill, and workers reclaim them too.
+        expired = time.monotonic() - self._expired_looked >= EXPIRED_CLAIM_SECONDS
+        if expired:
+            self._expired_looked = time.monotonic()
+
         def claim(conn: sa.Connection) -> list[queue.Item]:
             return queue.claim(
                 conn,
@@ -360,6 +368,7 @@ class Syncer:
                 self.worker,
                 self.run_id,
                 self.backfill,
+                expired=expired,
             )
 
         try:
@@ -651,10 +660,13 @@ class Syncer:
         for name in ("inserted", "updated", "unchanged", "stale"):
             metrics.ORDERS.labels(api, name).inc(getattr(result.orders, name))
         settled = failed = 0
+        results: Counter[str] = Counter()
         for outcome in outcomes:
-            metrics.IDS.labels(api, outcome.result).inc()
+            results[outcome.result] += 1
             failed += outcome.result in ("failed", "dead")
             settled += queue.settles(outcome, self.policy)
+        for result_name, n in results.items():  # a labelled metric costs µs a call: once each
+            metrics.IDS.labels(api, result_name).inc(n)
         if self.progress:
             self.progress(settled, failed)
 

@@ -141,11 +141,16 @@ def claim(
     worker: str,
     run_id: int | None,
     backfill: int | None = None,
+    *,
+    expired: bool = True,
 ) -> list[Item]:
-    """Lease up to ``limit`` items of ``api``: leases whose holder died first, then due items,
-    most urgent priority first, then the longest due — only those of backfill ``backfill`` when
+    """Lease up to ``limit`` items of ``api``: leases whose holder died first (unless not
+    ``expired``: a caller claiming often looks for those now and then), then due items, most
+    urgent priority first, then the longest due — only those of backfill ``backfill`` when
     given; the caller commits. Costs the same at any backlog (see ``_DUE``)."""
-    items = _claim(conn, _EXPIRED, api, limit, lease_seconds, worker, run_id, backfill)
+    items = []
+    if expired:
+        items = _claim(conn, _EXPIRED, api, limit, lease_seconds, worker, run_id, backfill)
     if len(items) < limit:
         items += _claim(
             conn, _DUE, api, limit - len(items), lease_seconds, worker, run_id, backfill

@@ -67,6 +67,8 @@ def test_expired_lease_is_claimed_again_and_the_old_ack_is_refused(engine: Engin
         # the lease runs out (set, not slept: a busy CI machine once took longer than a short
         # lease between the claim and the check above)
         c.execute(sa.text("UPDATE sync_queue SET leased_until = now() - interval '1 second'"))
+    with engine.begin() as c:  # a claim that does not look for expired leases leaves them
+        assert queue.claim(c, "wdk", 10, 60, "other", None, expired=False) == []
     with engine.begin() as c:
         new = queue.claim(c, "wdk", 10, 60, "other", None)
         assert [i.id for i in new] == [i.id for i in old]
