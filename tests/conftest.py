@@ -20,9 +20,11 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from sqlalchemy.engine import Engine
 
 from etl.db import engine as db_engine
 from etl.db import migrate
+from etl.settings import load_settings
 
 TEMPLATE = f"etl_test_template_{os.getpid()}"
 _counter = itertools.count()
@@ -138,6 +140,14 @@ def db_url(pg_admin_url: str, template_url: str) -> Iterator[str]:
     url = fresh_database(pg_admin_url, TEMPLATE)
     yield url
     drop_database(pg_admin_url, url)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """A SQLAlchemy engine on this test's fresh database (no config file)."""
+    e = db_engine.create_engine(load_settings(env={"ETL_CONFIG": ""}), db_url)
+    yield e
+    e.dispose()
 
 
 @pytest.fixture

@@ -72,3 +72,11 @@ def wait_for_sessions_gone(url: str, timeout: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"sessions still connected after {timeout:.0f} s")
         time.sleep(0.05)
+
+
+def rows(engine: Any, sql: str, **params: Any) -> list[Any]:
+    """The rows of ``sql`` (bound ``params``), in a transaction of its own."""
+    import sqlalchemy as sa
+
+    with engine.begin() as conn:
+        return list(conn.execute(sa.text(sql), params).all())

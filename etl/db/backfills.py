@@ -67,27 +67,12 @@ def add(
     return finished
 
 
-def seal(conn: Connection, backfill_id: int) -> int:
-    """Record how many ids the backfill holds, once all are in; returns it."""
-    return int(
-        conn.execute(
-            sa.text(
-                "UPDATE backfills SET ids = "
-                "(SELECT count(*) FROM backfill_ids WHERE backfill_id = :b) WHERE id = :b "
-                "RETURNING ids"
-            ),
-            {"b": backfill_id},
-        ).scalar_one()
-    )
-
-
-def states(conn: Connection, backfill_id: int) -> dict[str, int]:
-    """How many of the backfill's ids are in each state."""
-    rows = conn.execute(
+def seal(conn: Connection, backfill_id: int) -> None:
+    """Record how many ids the backfill holds, once all are in."""
+    conn.execute(
         sa.text(
-            "SELECT q.state, count(*) FROM backfill_ids b JOIN sync_queue q ON q.id = b.queue_id "
-            "WHERE b.backfill_id = :b GROUP BY q.state"
+            "UPDATE backfills SET ids = "
+            "(SELECT count(*) FROM backfill_ids WHERE backfill_id = :b) WHERE id = :b"
         ),
         {"b": backfill_id},
-    ).all()
-    return {str(s): int(n) for s, n in rows}
+    )

@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from etl import intake
 from etl.db import backfills
-from etl.db import engine as db_engine
 from etl.pipeline import Syncer
 from etl.simulator import data
 from etl.simulator.server import Simulator, SimulatorConfig
 from etl.top.client import TopClient
-from tests.helpers import settings_for
+from tests.helpers import rows, settings_for
 
 N, CHUNK = 600, 100
 
@@ -30,18 +27,6 @@ async def sim() -> AsyncIterator[Simulator]:
     await simulator.start()
     yield simulator
     await simulator.stop()
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    e = db_engine.create_engine(settings_for("http://x/router/rest"), db_url)
-    yield e
-    e.dispose()
-
-
-def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
-    with engine.begin() as conn:
-        return list(conn.execute(sa.text(sql), params).all())
 
 
 async def test_the_drain_fetches_while_the_ids_are_queued_and_waits_for_the_last(

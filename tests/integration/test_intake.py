@@ -12,15 +12,7 @@ from sqlalchemy.engine import Engine
 
 from etl import errors, intake
 from etl.db import backfills
-from etl.db import engine as db_engine
-from etl.settings import load_settings
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    e = db_engine.create_engine(load_settings(env={"ETL_CONFIG": ""}), db_url)
-    yield e
-    e.dispose()
+from tests.helpers import rows
 
 
 def _count(engine: Engine) -> int:
@@ -71,8 +63,14 @@ def _begin(engine: Engine, spooled: intake.Spooled) -> tuple[int, bool, datetime
 
 
 def _states(engine: Engine, backfill_id: int) -> dict[str, int]:
-    with engine.begin() as c:
-        return backfills.states(c, backfill_id)
+    """How many of the backfill's ids are in each queue state."""
+    found = rows(
+        engine,
+        "SELECT q.state, count(*) FROM backfill_ids b JOIN sync_queue q ON q.id = b.queue_id "
+        "WHERE b.backfill_id = :b GROUP BY q.state",
+        b=backfill_id,
+    )
+    return {str(state): int(n) for state, n in found}
 
 
 def test_a_backfill_reads_its_whole_input_before_writing_anything(engine: Engine) -> None:

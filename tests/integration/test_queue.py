@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from etl.db import engine as db_engine
 from etl.db import queue
-from etl.settings import load_settings
 
 POLICY = queue.Policy(
     max_attempts=2, retry_base=0.01, retry_max=0.01, not_found_checks=2, not_found_delay=0.01
 )
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    e = db_engine.create_engine(load_settings(env={"ETL_CONFIG": ""}), db_url)
-    yield e
-    e.dispose()
 
 
 def _states(engine: Engine) -> dict[str, int]:

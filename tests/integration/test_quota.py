@@ -6,24 +6,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from etl.db import engine as db_engine
 from etl.db import quota as db_quota
-from etl.settings import load_settings
 from etl.top import quota
 from etl.top.quota import Renewal
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    e = db_engine.create_engine(load_settings(env={"ETL_CONFIG": ""}), db_url)
-    yield e
-    e.dispose()
 
 
 def renew(

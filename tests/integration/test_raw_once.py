@@ -14,12 +14,10 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from etl import loading, pipeline
-from etl.db import engine as db_engine
 from etl.db import load
 from etl.normalize import orders as normalize_orders
 from etl.normalize import pool
 from etl.normalize.orders import normalize_wdk
-from etl.settings import load_settings
 from etl.simulator import data
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -31,13 +29,6 @@ TABLES = ("wdk_orders", "wdk_pay_channels", "wdk_sub_orders", "order_archive")
 def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(db_url) as c:
         yield c
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    e = db_engine.create_engine(load_settings(env={"ETL_CONFIG": ""}), db_url)
-    yield e
-    e.dispose()
 
 
 def _one(conn: psycopg.Connection[Any], query: str, *args: Any) -> Any:

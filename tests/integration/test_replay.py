@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from etl import pipeline
-from etl.db import engine as db_engine
 from etl.db import load
 from etl.normalize.orders import normalize_omni, normalize_wdk
-from etl.settings import load_settings
 from etl.simulator import data
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -28,13 +24,6 @@ TABLES = (
     "omni_pay_serials",
     "order_archive",
 )
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    e = db_engine.create_engine(load_settings(env={"ETL_CONFIG": ""}), db_url)
-    yield e
-    e.dispose()
 
 
 def _dump(conn: psycopg.Connection[Any]) -> dict[str, list[tuple[Any, ...]]]:

@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from etl.db import engine as db_engine
 from etl.db import load, partitions, queue, retention
 from etl.normalize.orders import normalize_wdk
-from etl.settings import load_settings
 from etl.simulator import data
 from tests.helpers import one, q
 
 NOW = datetime.now(UTC)
 KEEP = retention.Keep(queue_days=90, archive_days=400, runs_days=400)
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    e = db_engine.create_engine(load_settings(env={"ETL_CONFIG": ""}), db_url)
-    yield e
-    e.dispose()
 
 
 def _queue_row(engine: Engine, key: str, state: str, days_ago: float, recheck: bool) -> None:

@@ -4,7 +4,7 @@ shapes, queueing and confirming, re-arming, skipping what the stored payload ans
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +14,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from etl import chinatime
-from etl.db import engine as db_engine
 from etl.db import queue
 from etl.pipeline import Syncer
 from etl.simulator import data
@@ -23,7 +22,7 @@ from etl.simulator.tmc import TmcConfig
 from etl.tmc.consumer import TmcConsumer
 from etl.top import apis
 from etl.top.client import TopClient
-from tests.helpers import settings_for
+from tests.helpers import rows, settings_for
 
 STATUS = "alibaba_wdkorder_StatusChange"
 CANCEL = "alibaba_wdk_ChannelOrderCancel"
@@ -36,18 +35,6 @@ async def sim() -> AsyncIterator[Simulator]:
     await simulator.start()
     yield simulator
     await simulator.stop()
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    e = db_engine.create_engine(settings_for("http://x/router/rest"), db_url)
-    yield e
-    e.dispose()
-
-
-def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
-    with engine.begin() as conn:
-        return list(conn.execute(sa.text(sql), params).all())
 
 
 def content(biz: int | str) -> str:
