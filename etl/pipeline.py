@@ -292,10 +292,13 @@ class Syncer:
         while not stop.is_set():
             if await self._ban_active():
                 break
+            # The last ids may be queued after a lane's last claim found nothing: only a pass
+            # begun once the feeding was over has seen them all.
+            fed = feeding is None or feeding.done()
             await asyncio.gather(*(self._lane(stop) for _ in range(self.settings.lanes)))
             if self.halted() or stop.is_set():
                 break
-            if feeding is not None and not feeding.done():
+            if not fed and feeding is not None:
                 await asyncio.wait([feeding], timeout=FEEDING_POLL_SECONDS)
                 continue
             if wait_for_retries <= 0:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
 
 from etl import intake
-from etl.db import backfills
+from etl.db import backfills, queue
 from etl.pipeline import Syncer
 from etl.simulator import data
 from etl.simulator.server import Simulator, SimulatorConfig
@@ -73,3 +74,33 @@ async def test_the_drain_fetches_while_the_ids_are_queued_and_waits_for_the_last
     )
     assert first_done < last_queued
     assert rows(engine, "SELECT ids FROM backfills") == [(N,)]
+
+
+async def test_ids_queued_just_after_the_last_empty_claim_are_still_fetched(
+    sim: Simulator, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feeding ends between a lane's last (empty) claim and the end of the pass: the drain
+    makes one more pass rather than leaving the last ids queued (here with no retries to wait
+    for, the case where nothing else would bring it back)."""
+    s = settings_for(sim.url, batch_size=20, claim_size=40, lanes=1)
+    keys = [str(data.FIRST_DEMO_BIZ_ID + i) for i in range(40)]
+    loop = asyncio.get_running_loop()
+    feeding: asyncio.Future[None] = loop.create_future()
+    real_claim = queue.claim
+
+    def claim(*args: Any, **kwargs: Any) -> list[queue.Item]:
+        items = real_claim(*args, **kwargs)
+        if not items and not feeding.done():  # the last chunk lands right after this claim
+            with engine.begin() as conn:
+                queue.enqueue(conn, "wdk", "biz", keys)
+            loop.call_soon_threadsafe(feeding.set_result, None)
+        return items
+
+    monkeypatch.setattr(queue, "claim", claim)
+    run_id = rows(engine, "INSERT INTO sync_runs (kind) VALUES ('backfill') RETURNING id")[0][0]
+    async with TopClient(s) as client:
+        syncer = Syncer(s, engine, client, run_id)
+        result = await syncer.drain(asyncio.Event(), feeding=feeding, wait_for_retries=0)
+    assert feeding.done()
+    assert result.counters.ids_claimed == 40
+    assert rows(engine, "SELECT state, count(*) FROM sync_queue GROUP BY 1") == [("done", 40)]
