@@ -104,3 +104,52 @@ async def test_ids_queued_just_after_the_last_empty_claim_are_still_fetched(
     assert feeding.done()
     assert result.counters.ids_claimed == 40
     assert rows(engine, "SELECT state, count(*) FROM sync_queue GROUP BY 1") == [("done", 40)]
+
+
+async def test_a_lane_that_runs_dry_while_ids_are_fed_waits_for_them_beside_the_others(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lanes that find nothing before the bulk of the ids is queued stay: the ids fed next are
+    worked by every lane at once, not by the one lane that happened to have a batch (the drain's
+    pass ends only when all its lanes do, so a lane that left would not come back before the
+    others had done every id)."""
+    simulator = Simulator(SimulatorConfig(missing_rate=0.0, latency_ms=50))
+    await simulator.start()
+    s = settings_for(simulator.url, batch_size=20, claim_size=20, lanes=4)
+    keys = [str(data.FIRST_DEMO_BIZ_ID + i) for i in range(420)]
+    with engine.begin() as conn:
+        queue.enqueue(conn, "wdk", "biz", keys[:20])  # one batch: three lanes find nothing
+    loop = asyncio.get_running_loop()
+    feeding: asyncio.Future[None] = loop.create_future()
+    real_claim, real_batch = queue.claim, Syncer._batch
+
+    def claim(*args: Any, **kwargs: Any) -> list[queue.Item]:
+        items = real_claim(*args, **kwargs)
+        if not items and not feeding.done():  # the rest lands right after the first empty claim
+            with engine.begin() as conn:
+                queue.enqueue(conn, "wdk", "biz", keys[20:])
+            loop.call_soon_threadsafe(feeding.set_result, None)
+        return items
+
+    in_flight, peak = 0, 0
+
+    async def batch(self: Syncer, api: str, items: list[queue.Item]) -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await real_batch(self, api, items)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(queue, "claim", claim)
+    monkeypatch.setattr(Syncer, "_batch", batch)
+    run_id = rows(engine, "INSERT INTO sync_runs (kind) VALUES ('backfill') RETURNING id")[0][0]
+    try:
+        async with TopClient(s) as client:
+            result = await Syncer(s, engine, client, run_id).drain(asyncio.Event(), feeding=feeding)
+    finally:
+        await simulator.stop()
+    assert result.counters.ids_claimed == 420
+    assert rows(engine, "SELECT state, count(*) FROM sync_queue GROUP BY 1") == [("done", 420)]
+    assert peak == 4  # lanes that left at their first empty claim: 1 (the one with the batch)
