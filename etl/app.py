@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from etl import errors, logs
 from etl.db import engine as db_engine
 from etl.db import migrate, queue, retention, runs
+from etl.normalize.pool import shared_normalizer
 from etl.pipeline import DrainResult, Progress, Syncer
 from etl.settings import Settings
 from etl.top.client import TopClient
@@ -232,6 +233,7 @@ async def drain_once(
     """
     if not isinstance(stop, Stopping):
         stop = Stopping(settings.shutdown_grace_seconds, stop=stop or asyncio.Event())
+    shared_normalizer(settings.normalize_processes).warm()  # ready by the first answers
     async with run_record(engine, kind) as run_id:
         beat = asyncio.create_task(heartbeat(engine, run_id))
         try:

@@ -83,15 +83,17 @@ class Spooled:
     intake: Intake
     file: IO[bytes]
 
-    def chunks(self, size: int) -> Iterator[list[str]]:
-        """The ids again, ``size`` at a time, each chunk without duplicates."""
+    def chunks(self, size: int, first: int | None = None) -> Iterator[list[str]]:
+        """The ids again, ``size`` at a time (the first chunk ``first``), each chunk without
+        duplicates."""
         self.file.seek(0)
         keys: dict[str, None] = {}
+        want = first or size
         for line in self.file:
             keys[line.rstrip(b"\n").decode()] = None
-            if len(keys) >= size:
+            if len(keys) >= want:
                 yield list(keys)
-                keys = {}
+                keys, want = {}, size
         if keys:
             yield list(keys)
 
@@ -136,6 +138,9 @@ def read_ids(
 
 
 FEED_CHUNK = 5_000  # ids per transaction while feeding a backfill: the first are fetched soon
+# ... the first transaction smaller, so the drain has its first batches at once (measured,
+# uncapped backfill, 2 cores: a first chunk of 5,000 ids kept the drain waiting ~0.3 s)
+FIRST_FEED_CHUNK = 1_000
 
 
 @dataclass
@@ -159,12 +164,13 @@ def feed(
     priority: int = queue.PRIORITY_BULK,
     stopped: Callable[[], bool] = lambda: False,
     chunk_size: int = FEED_CHUNK,
+    first_chunk: int = FIRST_FEED_CHUNK,
 ) -> Fed:
     """Queue the spooled ids and make them part of the backfill, a transaction per chunk, so
     that a drain running meanwhile claims each chunk as soon as it is committed. Stops between
     chunks when ``stopped()``; what was committed stays (the same input again resumes)."""
     fed = Fed()
-    for keys in spooled.chunks(chunk_size):
+    for keys in spooled.chunks(chunk_size, min(first_chunk, chunk_size)):
         if stopped():
             fed.complete = False
             break

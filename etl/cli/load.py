@@ -85,7 +85,9 @@ def load_command(
 
     counters = runs.RunCounters()
     bad: list[tuple[str, str]] = []
-    with app.database(settings) as engine:
+    normalizer = Normalizer(settings.normalize_processes)
+    normalizer.warm()  # its processes start while the database is reached
+    with normalizer, app.database(settings) as engine:
         with engine.begin() as c:
             run_id = runs.start(c, "load")
         status, error = "ok", None
@@ -102,7 +104,6 @@ def load_command(
         try:
             with (
                 Progress(*columns, disable=not sys.stderr.isatty()) as bar,
-                Normalizer(settings.normalize_processes) as normalizer,
                 db_engine.psycopg_connection(engine) as conn,
                 db_engine.psycopg_connection(engine) as lookup_conn,
             ):

@@ -250,10 +250,12 @@ def backfill(
     from etl import app, intake
     from etl.cli.progress import PlainProgress
     from etl.db import backfills
+    from etl.normalize.pool import shared_normalizer
 
     if not file:
         raise errors.InputError("backfill needs --file (or --file - for stdin)")
     kind = _kind(api, id_kind)
+    shared_normalizer(state.settings.normalize_processes).warm()  # while the ids are read
 
     def progress_read(got: intake.Intake) -> None:
         click.echo(f"read {got.lines:,} lines: {got.ids:,} ids", err=True)

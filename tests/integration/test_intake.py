@@ -143,3 +143,15 @@ def test_feeding_commits_chunk_by_chunk_and_a_stopped_feed_resumes(engine: Engin
     assert _states(engine, backfill_id) == {"pending": 2_500, "done": 500}
     with engine.begin() as c:
         assert c.execute(sa.text("SELECT ids FROM backfills")).scalar_one() == 3_000
+
+
+def test_the_first_chunk_fed_is_small_so_the_drain_starts_at_once() -> None:
+    """Spooled ids come back ``first`` then ``size`` at a time, in order."""
+    lines = [str(500_000_000_000_000 + i) for i in range(2_600)]
+    with intake.read_ids("wdk", "biz", iter(lines), "f.txt") as spooled:
+        sizes = [len(c) for c in spooled.chunks(1_000, first=100)]
+        again = [k for c in spooled.chunks(1_000, first=100) for k in c]
+    assert sizes == [100, 1_000, 1_000, 500]
+    assert again == lines
+    with intake.read_ids("wdk", "biz", iter(lines), "f.txt") as spooled:
+        assert [len(c) for c in spooled.chunks(1_000)] == [1_000, 1_000, 600]

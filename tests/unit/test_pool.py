@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -213,3 +215,33 @@ def test_a_fetched_body_raises_what_the_client_would(body: bytes, error: type) -
     assert str(again) == str(caught.value)
     if body == b'{"request_id":"rq2"}':
         assert caught.value.request_id == "rq2"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_warming_starts_the_processes_before_any_work_and_only_once() -> None:
+    """``warm()`` starts the pool's processes in the background (a command starts them while it
+    reads its input); a second call starts no more; without processes it does nothing."""
+    with pool.Normalizer(2) as normalizer:
+        normalizer.warm()
+        normalizer.warm()
+        deadline = time.monotonic() + 30
+        while len(normalizer.worker_pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids = normalizer.worker_pids()
+        assert len(pids) == 2
+        assert all(_alive(p) for p in pids)
+        got = normalizer.submit(50, pool.encode_orders, []).result(timeout=30)
+        assert got == []
+        assert sorted(normalizer.worker_pids()) == sorted(pids)
+    assert not any(_alive(p) for p in pids)
+    with pool.Normalizer(0) as in_thread:
+        in_thread.warm()
+        assert in_thread.executor is None
+        assert in_thread.worker_pids() == []
