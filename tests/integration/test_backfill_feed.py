@@ -106,29 +106,33 @@ async def test_ids_queued_just_after_the_last_empty_claim_are_still_fetched(
     assert rows(engine, "SELECT state, count(*) FROM sync_queue GROUP BY 1") == [("done", 40)]
 
 
-async def test_a_lane_that_runs_dry_while_ids_are_fed_waits_for_them_beside_the_others(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("fed", [True, False], ids=["backfill-feeding", "queued-elsewhere"])
+async def test_lanes_that_find_nothing_stay_and_work_the_ids_queued_meanwhile_side_by_side(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, fed: bool
 ) -> None:
-    """Lanes that find nothing before the bulk of the ids is queued stay: the ids fed next are
-    worked by every lane at once, not by the one lane that happened to have a batch (the drain's
-    pass ends only when all its lanes do, so a lane that left would not come back before the
-    others had done every id)."""
+    """One batch is due, so three of four lanes find nothing; 400 more ids are queued right
+    after — by the backfill's own feed (``fed``), or by another process during a worker's drain.
+    Those ids are worked by every lane at once, not by the one lane that happened to have a
+    batch: a lane that left would not come back before the others had done every id (the
+    drain's pass ends only when all its lanes do). Waiting lanes claim again when the feed moves
+    on, or when another lane's claim comes back full; the drain still ends once all find
+    nothing."""
     simulator = Simulator(SimulatorConfig(missing_rate=0.0, latency_ms=50))
     await simulator.start()
     s = settings_for(simulator.url, batch_size=20, claim_size=20, lanes=4)
     keys = [str(data.FIRST_DEMO_BIZ_ID + i) for i in range(420)]
     with engine.begin() as conn:
-        queue.enqueue(conn, "wdk", "biz", keys[:20])  # one batch: three lanes find nothing
+        queue.enqueue(conn, "wdk", "biz", keys[:20])
     loop = asyncio.get_running_loop()
-    feeding: asyncio.Future[None] = loop.create_future()
+    queued_more: asyncio.Future[None] = loop.create_future()
     real_claim, real_batch = queue.claim, Syncer._batch
 
     def claim(*args: Any, **kwargs: Any) -> list[queue.Item]:
         items = real_claim(*args, **kwargs)
-        if not items and not feeding.done():  # the rest lands right after the first empty claim
+        if not items and not queued_more.done():  # the rest lands right after the first empty claim
             with engine.begin() as conn:
                 queue.enqueue(conn, "wdk", "biz", keys[20:])
-            loop.call_soon_threadsafe(feeding.set_result, None)
+            loop.call_soon_threadsafe(queued_more.set_result, None)
         return items
 
     in_flight, peak = 0, 0
@@ -147,7 +151,10 @@ async def test_a_lane_that_runs_dry_while_ids_are_fed_waits_for_them_beside_the_
     run_id = rows(engine, "INSERT INTO sync_runs (kind) VALUES ('backfill') RETURNING id")[0][0]
     try:
         async with TopClient(s) as client:
-            result = await Syncer(s, engine, client, run_id).drain(asyncio.Event(), feeding=feeding)
+            drain = Syncer(s, engine, client, run_id).drain(
+                asyncio.Event(), feeding=queued_more if fed else None
+            )
+            result = await asyncio.wait_for(drain, timeout=60)
     finally:
         await simulator.stop()
     assert result.counters.ids_claimed == 420
