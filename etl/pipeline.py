@@ -293,17 +293,11 @@ class Syncer:
         while not stop.is_set():
             if await self._ban_active():
                 break
-            # The last ids may be queued after a lane's last claim found nothing: only a pass
-            # begun once the feeding was over has seen them all.
-            fed = feeding is None or feeding.done()
+            # The lanes wait for the feeding themselves (see _lane): when they are back, every
+            # id fed is worked, unless the drain stops or is halted.
             crew = _Crew(self.settings.lanes)
             await asyncio.gather(*(self._lane(stop, crew, feeding) for _ in range(crew.working)))
-            if self.halted() or stop.is_set():
-                break
-            if not fed and feeding is not None:
-                await asyncio.wait([feeding], timeout=FEEDING_POLL_SECONDS)
-                continue
-            if wait_for_retries <= 0:
+            if self.halted() or stop.is_set() or wait_for_retries <= 0:
                 break
             try:
                 due = await self._db(
@@ -362,7 +356,8 @@ class Syncer:
         size = self.settings.effective_claim_size()
         idle_apis: set[str] = set()
         while not stop.is_set() and not self.halted():
-            fed = feeding is None or feeding.done()  # before the claims: see drain()
+            # before the claims: ids may be fed just after a claim found nothing
+            fed = feeding is None or feeding.done()
             progressed = False
             for api in ("wdk", "omni"):
                 if api in idle_apis or stop.is_set() or self.halted():

@@ -79,9 +79,9 @@ async def test_the_drain_fetches_while_the_ids_are_queued_and_waits_for_the_last
 async def test_ids_queued_just_after_the_last_empty_claim_are_still_fetched(
     sim: Simulator, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The feeding ends between a lane's last (empty) claim and the end of the pass: the drain
-    makes one more pass rather than leaving the last ids queued (here with no retries to wait
-    for, the case where nothing else would bring it back)."""
+    """The feeding ends between a lane's last (empty) claim and its decision to leave: the lane
+    claims once more rather than leaving the last ids queued (here with no retries to wait for,
+    the case where nothing else would bring it back)."""
     s = settings_for(sim.url, batch_size=20, claim_size=40, lanes=1)
     keys = [str(data.FIRST_DEMO_BIZ_ID + i) for i in range(40)]
     loop = asyncio.get_running_loop()
