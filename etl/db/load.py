@@ -275,25 +275,31 @@ def _stage_name(table: sa.Table) -> str:
 
 
 def _ensure_stage(cur: psycopg.Cursor[Any], spec: ParentSpec) -> None:
-    for table in (spec.table, *(c.table for c in spec.children)):
-        cur.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) "
-                "ON COMMIT DELETE ROWS"
-            ).format(_ident(_stage_name(table)), _ident(table.name))
-        )
-    cur.execute(
+    # One round trip for all of them (and for _clear_stage's deletes): a backfill loads a
+    # batch of 50 at a time, and 8 statements a batch cost ~0.8 ms more (measured, 2 cores).
+    creates = [
+        sql.SQL(
+            "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        ).format(_ident(_stage_name(table)), _ident(table.name))
+        for table in (spec.table, *(c.table for c in spec.children))
+    ]
+    creates.append(
         sql.SQL(
             "CREATE TEMP TABLE IF NOT EXISTS {} (key {} PRIMARY KEY, inserted boolean) "
             "ON COMMIT DELETE ROWS"
         ).format(_ident(f"_changed_{spec.api}"), sql.SQL(spec.key_type))
     )
+    cur.execute(sql.SQL("; ").join(creates))
 
 
 def _clear_stage(cur: psycopg.Cursor[Any], spec: ParentSpec) -> None:
     names = [_stage_name(tb) for tb in (spec.table, *(c.table for c in spec.children))]
-    for name in (*names, f"_changed_{spec.api}"):
-        cur.execute(sql.SQL("DELETE FROM {}").format(_ident(name)))
+    cur.execute(
+        sql.SQL("; ").join(
+            sql.SQL("DELETE FROM {}").format(_ident(name))
+            for name in (*names, f"_changed_{spec.api}")
+        )
+    )
 
 
 def _copy_lines(
