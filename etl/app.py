@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from etl import errors, logs
 from etl.db import engine as db_engine
 from etl.db import migrate, queue, retention, runs
+from etl.handoff import Hand
 from etl.normalize.pool import shared_normalizer
 from etl.pipeline import DrainResult, Progress, Syncer
 from etl.settings import Settings
@@ -224,9 +225,11 @@ async def drain_once(
     client: TopClient | None = None,
     backfill: int | None = None,
     feeding: asyncio.Future[Any] | None = None,
+    hand: Hand | None = None,
 ) -> RunOutcome:
     """One run of ``kind`` that drains the queue and records itself in sync_runs (while
-    ``feeding`` is not done, more ids are still being queued: see :meth:`Syncer.drain`).
+    ``feeding`` is not done, more ids are still being queued: see :meth:`Syncer.drain`; ``hand``:
+    the ids it leases to this drain as it queues them, see :mod:`etl.handoff`).
 
     A graceful stop lets the batches in flight finish; an abort (second signal, grace period
     over) cancels them and releases their ids untouched.
@@ -241,7 +244,9 @@ async def drain_once(
                 top = client
                 if top is None:
                     top = await stack.enter_async_context(top_client(settings, engine, kind))
-                syncer = Syncer(settings, engine, top, run_id, progress=progress, backfill=backfill)
+                syncer = Syncer(
+                    settings, engine, top, run_id, progress=progress, backfill=backfill, hand=hand
+                )
                 finished, result = await until_done_or_aborted(
                     syncer.drain(stop.stop, wait_for_retries=wait_for_retries, feeding=feeding),
                     stop.abort,

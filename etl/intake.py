@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from etl import errors, ids
 from etl.db import backfills, queue
+from etl.handoff import Hand
 
 SHOWN_ERRORS = 20  # bad lines quoted in the error message
 PROGRESS_SECONDS = 5.0
@@ -165,18 +166,37 @@ def feed(
     stopped: Callable[[], bool] = lambda: False,
     chunk_size: int = FEED_CHUNK,
     first_chunk: int = FIRST_FEED_CHUNK,
+    hand: Hand | None = None,
 ) -> Fed:
     """Queue the spooled ids and make them part of the backfill, a transaction per chunk, so
     that a drain running meanwhile claims each chunk as soon as it is committed. Stops between
-    chunks when ``stopped()``; what was committed stays (the same input again resumes)."""
+    chunks when ``stopped()``; what was committed stays (the same input again resumes).
+
+    With ``hand``, while the backfill is the app key's one process, the ids it adds are leased
+    to the drain as they are queued and handed over (see :mod:`etl.handoff`): each chunk waits
+    until the drain is ready and few enough handed ids are still waiting."""
     fed = Fed()
     for keys in spooled.chunks(chunk_size, min(first_chunk, chunk_size)):
+        lease: queue.Lease | None = None
+        items: list[queue.Item] = []
+        if hand is not None:
+            lease = hand.wait_lease(stopped)
         if stopped():
             fed.complete = False
             break
         with engine.begin() as conn:
-            fed.added += queue.enqueue(conn, api, id_kind, keys, refresh=refresh, priority=priority)
+            if lease is None:
+                fed.added += queue.enqueue(
+                    conn, api, id_kind, keys, refresh=refresh, priority=priority
+                )
+            else:
+                items = queue.enqueue_leased(
+                    conn, api, id_kind, keys, lease, refresh=refresh, priority=priority
+                )
+                fed.added += len(items)
             fed.finished += backfills.add(conn, backfill_id, api, id_kind, keys, since)
+        if hand is not None and items:
+            hand.put(items)
     if fed.complete:
         with engine.begin() as conn:
             backfills.seal(conn, backfill_id)

@@ -26,6 +26,7 @@ from etl import errors, loading, logs, metrics
 from etl.db import bans, holds, load, queue, runs
 from etl.db import engine as db_engine
 from etl.db import tmc as tmc_db
+from etl.handoff import Hand
 from etl.ids import omni_parts
 from etl.normalize.orders import InvalidOrder, NormalizedOrder, normalize_omni, normalize_wdk
 from etl.normalize.pool import (
@@ -248,6 +249,7 @@ class Syncer:
         *,
         progress: Progress | None = None,
         backfill: int | None = None,
+        hand: Hand | None = None,
     ) -> None:
         self.settings = settings
         self.backfill = backfill  # claim only this backfill's ids (etl backfill)
@@ -269,6 +271,14 @@ class Syncer:
         # in the same pass as reading them (see etl.loading.Mix)
         self.mix = loading.Mix()
         self._expired_looked = -EXPIRED_CLAIM_SECONDS  # monotonic time of the last look
+        # a backfill's ids leased to this drain as they are queued (see etl.handoff)
+        self.hand = hand
+        if hand is not None:
+            hand.bind(queue.Lease(self.worker, run_id, settings.lease_seconds), self._alone)
+
+    def _alone(self) -> bool:
+        """No other process holds a share of the app key's quota (as of the last renewal)."""
+        return int(getattr(self.client.flow.pacing, "holders", 1)) <= 1
 
     def halted(self) -> bool:
         """Nothing more can be fetched in this drain (a long ban, rejected credentials, ...)."""
@@ -381,6 +391,14 @@ class Syncer:
             idle_apis.clear()
 
     async def _claim(self, api: str, size: int) -> list[queue.Item]:
+        items = await self._take(api, size)
+        if not items:
+            items = await self._claim_queued(api, size)
+        self.counters.ids_claimed += len(items)
+        self._unsaved.ids_claimed += len(items)
+        return items
+
+    async def _claim_queued(self, api: str, size: int) -> list[queue.Item]:
         # Expired leases (a dead worker's) are looked for every EXPIRED_CLAIM_SECONDS, not at
         # every claim: the look costs milliseconds mid-backfill, and workers reclaim them too.
         expired = time.monotonic() - self._expired_looked >= EXPIRED_CLAIM_SECONDS
@@ -403,9 +421,18 @@ class Syncer:
             items: list[queue.Item] = await self._db(claim)
         except errors.DatabaseError:
             return []  # logged once per outage by _db
-        self.counters.ids_claimed += len(items)
-        self._unsaved.ids_claimed += len(items)
         return items
+
+    async def _take(self, api: str, size: int) -> list[queue.Item]:
+        """Items the feeder leased to this drain as it queued them (none without a hand); those
+        that waited more than half their lease are re-leased first."""
+        if self.hand is None or self.hand.lease is None:
+            return []
+        fresh, stale = self.hand.take(api, size)
+        if stale:
+            with contextlib.suppress(errors.DatabaseError):  # else their leases expire: claimed
+                fresh += await self._db(queue.relet, stale, self.hand.lease)
+        return sorted(fresh, key=lambda i: i.id)
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(conn, *args)`` in a transaction on a worker thread."""

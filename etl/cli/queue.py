@@ -250,6 +250,7 @@ def backfill(
     from etl import app, intake
     from etl.cli.progress import PlainProgress
     from etl.db import backfills
+    from etl.handoff import Hand
     from etl.normalize.pool import shared_normalizer
 
     if not file:
@@ -278,6 +279,7 @@ def backfill(
 
         stop = app.stop_on_signals(app.Stopping(state.settings.shutdown_grace_seconds))
         halt = threading.Event()  # the drain ended: stop queueing
+        hand = Hand(intake.FEED_CHUNK)  # the ids queued, leased to the drain (etl.handoff)
         with app.database(state.settings) as engine:
             with engine.begin() as conn:
                 backfill_id, resumed, since = backfills.begin(
@@ -340,6 +342,7 @@ def backfill(
                         since=since,
                         refresh=refresh,
                         stopped=lambda: stop.stop.is_set() or halt.is_set(),
+                        hand=hand,
                     )
                 )
                 feeding.add_done_callback(queued)
@@ -354,15 +357,26 @@ def backfill(
                             wait_for_retries=wait,
                             backfill=backfill_id,
                             feeding=feeding,
+                            hand=hand,
                         )
                 finally:
                     halt.set()
                     await asyncio.wait([feeding])
                     spooled.close()
+                    # ids handed over but never taken (the drain stopped first) go back
+                    if (hand.close() or not _fed_whole(feeding)) and hand.lease is not None:
+                        await asyncio.to_thread(app.release_leases, engine, hand.lease.worker)
                 feeding.result()  # raise what stopped the queueing, if anything did
                 return outcome
 
     _finish(asyncio.run(run()))
+
+
+def _fed_whole(feeding: Any) -> bool:
+    """Whether a backfill's feeding (a done future of :class:`etl.intake.Fed`) queued every id."""
+    if feeding.cancelled() or feeding.exception() is not None:
+        return False
+    return bool(feeding.result().complete)
 
 
 @main.command()

@@ -16,7 +16,7 @@ A credentials rejection or a ban releases the claimed ids untouched (back to ``p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -72,6 +72,23 @@ PRIORITY_LIVE = 0  # ids from messages, refreshes of open orders, ids queued by 
 PRIORITY_BULK = 10  # a backfill: served when no live id is due
 
 
+@dataclass(frozen=True)
+class Lease:
+    """Who takes ids leased as they are queued (see :func:`enqueue_leased`)."""
+
+    worker: str
+    run_id: int | None
+    seconds: float
+
+
+_REARM = (
+    "state = 'pending', attempts = 0, not_found_checks = 0, "
+    "next_attempt_at = now(), last_error_class = NULL, last_error = NULL, "
+    "updated_at = now(), done_at = NULL, priority = excluded.priority"
+)
+_REARMABLE = "WHERE sync_queue.state IN ('done', 'not_found', 'dead', 'failed')"
+
+
 def enqueue(
     conn: Connection,
     api: str,
@@ -84,19 +101,9 @@ def enqueue(
     """Queue ``keys`` at ``priority``; an id already queued is left alone, or re-armed
     (``refresh``) when it has finished. Returns how many rows were added or re-armed. An id still
     waiting takes ``priority`` when it is more urgent (lower) than its own."""
-    if not keys:
-        return 0
-    conflict = "DO NOTHING"
-    if refresh:
-        conflict = (
-            "DO UPDATE SET state = 'pending', attempts = 0, not_found_checks = 0, "
-            "next_attempt_at = now(), last_error_class = NULL, last_error = NULL, "
-            "updated_at = now(), done_at = NULL, priority = excluded.priority "
-            "WHERE sync_queue.state IN ('done', 'not_found', 'dead', 'failed')"
-        )
+    conflict = f"DO UPDATE SET {_REARM} {_REARMABLE}" if refresh else "DO NOTHING"
     total = 0
-    for start in range(0, len(keys), 50_000):
-        chunk = list(keys[start : start + 50_000])
+    for chunk in _chunks(keys):
         params = {"api": api, "kind": id_kind, "keys": chunk, "prio": priority}
         result = conn.execute(
             sa.text(
@@ -107,16 +114,89 @@ def enqueue(
             params,
         )
         total += result.rowcount
-        if priority < PRIORITY_BULK:  # nothing waits at a priority below bulk's
-            conn.execute(
-                sa.text(
-                    "UPDATE sync_queue SET priority = :prio WHERE api = :api AND id_kind = :kind "
-                    "AND key = ANY(CAST(:keys AS text[])) AND priority > :prio "
-                    "AND state IN ('pending', 'leased', 'failed')"
-                ),
-                params,
-            )
+        _raise_priority(conn, params)
     return total
+
+
+def enqueue_leased(
+    conn: Connection,
+    api: str,
+    id_kind: str,
+    keys: Sequence[str],
+    lease: Lease,
+    *,
+    refresh: bool = False,
+    priority: int = PRIORITY_BULK,
+) -> list[Item]:
+    """:func:`enqueue`, with the rows it adds (or re-arms) leased at once to ``lease.worker``
+    and returned as claimed items: the caller fetches them without claiming them (one write an
+    id fewer; a backfill's own fresh ids, see etl.handoff). Ids already queued are left to the
+    claims, as with :func:`enqueue`."""
+    leased = (
+        "state = 'leased', leased_until = excluded.leased_until, leased_by = excluded.leased_by, "
+        "run_id = excluded.run_id"
+    )
+    conflict = f"DO UPDATE SET {_REARM}, {leased} {_REARMABLE}" if refresh else "DO NOTHING"
+    items: list[Item] = []
+    for chunk in _chunks(keys):
+        params = {
+            "api": api,
+            "kind": id_kind,
+            "keys": chunk,
+            "prio": priority,
+            "worker": lease.worker,
+            "run": lease.run_id,
+            "lease": lease.seconds,
+        }
+        rows = conn.execute(
+            sa.text(
+                "INSERT INTO sync_queue AS q (api, id_kind, key, priority, state, leased_until, "
+                "leased_by, run_id) SELECT :api, :kind, k, :prio, 'leased', "
+                "now() + make_interval(secs => :lease), :worker, :run "
+                "FROM unnest(CAST(:keys AS text[])) AS k "
+                f"ON CONFLICT (api, id_kind, key) {conflict.replace('sync_queue.', 'q.')} "
+                "RETURNING q.id, q.api, q.id_kind, q.key, q.attempts, q.not_found_checks"
+            ),
+            params,
+        ).all()
+        items += [Item(*row) for row in rows]
+        _raise_priority(conn, params)
+    return items
+
+
+def _chunks(keys: Sequence[str], size: int = 50_000) -> Iterator[list[str]]:
+    for start in range(0, len(keys), size):
+        yield list(keys[start : start + size])
+
+
+def _raise_priority(conn: Connection, params: dict[str, Any]) -> None:
+    """Ids still waiting take ``params["prio"]`` when it is more urgent than their own."""
+    if params["prio"] < PRIORITY_BULK:  # nothing waits at a priority below bulk's
+        conn.execute(
+            sa.text(
+                "UPDATE sync_queue SET priority = :prio WHERE api = :api AND id_kind = :kind "
+                "AND key = ANY(CAST(:keys AS text[])) AND priority > :prio "
+                "AND state IN ('pending', 'leased', 'failed')"
+            ),
+            params,
+        )
+
+
+def relet(conn: Connection, items: Sequence[Item], lease: Lease) -> list[Item]:
+    """Renew the lease of ``items`` still leased to ``lease.worker``; returns those (the others
+    were reclaimed by another process once their lease expired)."""
+    if not items:
+        return []
+    kept = set(
+        conn.execute(
+            sa.text(
+                "UPDATE sync_queue q SET leased_until = now() + make_interval(secs => :lease), "
+                "updated_at = now() WHERE " + _OURS + " RETURNING q.id"
+            ),
+            {"ids": [i.id for i in items], "worker": lease.worker, "lease": lease.seconds},
+        ).scalars()
+    )
+    return [i for i in items if i.id in kept]
 
 
 # Restricts a statement on sync_queue to the rows of one backfill.

@@ -175,6 +175,41 @@ def test_sigterm_finishes_the_batches_in_flight(db_url: str, tmp_path: Path, com
     )
 
 
+def test_sigterm_on_a_fresh_backfill_gives_back_the_ids_handed_over_but_not_started(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A backfill of ids never queued before leases them to itself as it queues them (see
+    etl.handoff): at SIGTERM the batches in flight finish, and the ids handed over but not yet
+    started go back to pending, no attempt charged; the same command again finishes them."""
+    ids = _ids(400, 2500)
+    path = tmp_path / "ids.txt"
+    path.write_text("\n".join(ids) + "\n")
+    with SimulatorThread(SimulatorConfig(missing_rate=0.0, latency_ms=1500)) as sim:
+        env = etl_env(
+            db_url, sim.url, top_qps=100, claim_size=20, lanes=2, concurrency=2, poll_seconds=0.3
+        )
+        proc = _start(env, "backfill", "--file", str(path))
+        try:
+            assert _wait_for(lambda: sim.counters.calls >= 2, 30)
+            assert one(db_url, "SELECT count(*) FROM sync_queue WHERE state = 'leased'") > 40
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+        states = dict(q(db_url, "SELECT state, count(*) FROM sync_queue GROUP BY 1"))
+        assert "leased" not in states
+        assert 0 < states["done"] < len(ids)
+        assert states["done"] + states.get("pending", 0) == len(ids)
+        assert one(db_url, "SELECT max(attempts) FROM sync_queue") == 0
+        again = _run(env, "backfill", "--file", str(path))
+    assert again.returncode == 0, again.stderr
+    assert "resumed" in again.stdout
+    assert dict(q(db_url, "SELECT state, count(*) FROM sync_queue GROUP BY 1")) == {"done": 400}
+
+
 @pytest.mark.parametrize("how", ["grace period over", "second signal"])
 def test_a_hard_stop_releases_the_ids_in_flight(db_url: str, tmp_path: Path, how: str) -> None:
     ids = _ids(100, 3000)

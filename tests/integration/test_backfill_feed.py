@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from etl import intake
 from etl.db import backfills, queue
+from etl.handoff import Hand
 from etl.pipeline import Syncer
 from etl.simulator import data
 from etl.simulator.server import Simulator, SimulatorConfig
@@ -160,3 +162,148 @@ async def test_lanes_that_find_nothing_stay_and_work_the_ids_queued_meanwhile_si
     assert result.counters.ids_claimed == 420
     assert rows(engine, "SELECT state, count(*) FROM sync_queue GROUP BY 1") == [("done", 420)]
     assert peak == 4  # lanes that left at their first empty claim: 1 (the one with the batch)
+
+
+# ------------------------------------------------------------------- the hand-off (etl.handoff)
+
+
+async def _backfill_with_hand(
+    engine: Engine,
+    s: Any,
+    keys: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    window: int,
+    chunk_size: int = CHUNK,
+) -> tuple[Any, intake.Fed, Hand, list[int], int]:
+    """Feed ``keys`` through a hand while a drain works them; returns (the drain's result, what
+    was fed, the hand, the number of items waiting in the hand after each put, the number of
+    ids the drain claimed from the table)."""
+    real_claim, real_put = queue.claim, Hand.put
+    claimed_from_table = 0
+    waiting_after_put: list[int] = []
+
+    def claim(*args: Any, **kwargs: Any) -> list[queue.Item]:
+        nonlocal claimed_from_table
+        items = real_claim(*args, **kwargs)
+        claimed_from_table += len(items)
+        return items
+
+    def put(self: Hand, items: list[queue.Item]) -> bool:
+        ok = real_put(self, items)
+        waiting_after_put.append(self.waiting())
+        return ok
+
+    monkeypatch.setattr(queue, "claim", claim)
+    monkeypatch.setattr(Hand, "put", put)
+    hand = Hand(window)
+    with intake.read_ids("wdk", "biz", keys, "ids.txt") as spooled:
+        with engine.begin() as conn:
+            backfill_id, _, since = backfills.begin(
+                conn, "wdk", "biz", "ids.txt", spooled.intake.fingerprint, spooled.intake.ids
+            )
+        feeding = asyncio.ensure_future(
+            asyncio.to_thread(
+                intake.feed,
+                engine,
+                backfill_id,
+                "wdk",
+                "biz",
+                spooled,
+                since=since,
+                chunk_size=chunk_size,
+                hand=hand,
+            )
+        )
+        run_id = rows(engine, "INSERT INTO sync_runs (kind) VALUES ('backfill') RETURNING id")[0][0]
+        async with TopClient(s) as client:
+            syncer = Syncer(s, engine, client, run_id, backfill=backfill_id, hand=hand)
+            result = await asyncio.wait_for(syncer.drain(asyncio.Event(), feeding=feeding), 60)
+        fed = await feeding
+    return result, fed, hand, waiting_after_put, claimed_from_table
+
+
+async def test_a_backfill_fetches_the_ids_it_queued_without_claiming_them_again(
+    sim: Simulator, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feeder leases the ids it adds to the drain as it queues them and hands them over: no
+    claim statement takes them from the table, and the feeder runs at most one chunk past its
+    window ahead of the lanes."""
+    s = settings_for(sim.url, batch_size=20, claim_size=40)
+    keys = [str(data.FIRST_DEMO_BIZ_ID + i) for i in range(N)]
+    result, fed, hand, waiting, from_table = await _backfill_with_hand(
+        engine, s, keys, monkeypatch, window=150
+    )
+    assert (fed.complete, fed.added, fed.finished) == (True, N, 0)
+    assert hand.handed == N
+    assert from_table == 0  # every id came through the hand
+    assert result.counters.ids_claimed == N
+    assert rows(engine, "SELECT state, count(*) FROM sync_queue GROUP BY 1") == [("done", N)]
+    assert rows(engine, "SELECT count(*) FROM wdk_orders") == [(N,)]
+    assert max(waiting) <= 150 + CHUNK  # bounded: the feeder waited for the lanes
+    assert rows(engine, "SELECT ids FROM backfills") == [(N,)]
+    # the leases were this run's, as a claim's are
+    assert rows(engine, "SELECT count(DISTINCT run_id) FROM sync_queue") == [(1,)]
+
+
+async def test_ids_queued_before_the_backfill_are_claimed_the_new_ones_handed_over(
+    sim: Simulator, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = settings_for(sim.url, batch_size=20, claim_size=40)
+    keys = [str(data.FIRST_DEMO_BIZ_ID + i) for i in range(N)]
+    with engine.begin() as conn:  # every other id queued already (a message, a worker's, ...)
+        queue.enqueue(conn, "wdk", "biz", keys[::2], priority=queue.PRIORITY_BULK)
+    result, fed, hand, _, from_table = await _backfill_with_hand(
+        engine, s, keys, monkeypatch, window=1_000
+    )
+    assert fed.complete
+    assert (hand.handed, from_table) == (N // 2, N // 2)
+    assert result.counters.ids_claimed == N
+    assert rows(engine, "SELECT state, count(*) FROM sync_queue GROUP BY 1") == [("done", N)]
+    assert rows(engine, "SELECT count(*) FROM wdk_orders") == [(N,)]
+
+
+async def test_a_handed_id_that_waited_past_half_its_lease_is_leased_again_unless_reclaimed(
+    sim: Simulator, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = settings_for(sim.url, batch_size=20, claim_size=40, lease_seconds=60)
+    keys = [str(data.FIRST_DEMO_BIZ_ID + i) for i in range(3)]
+    run_id = rows(engine, "INSERT INTO sync_runs (kind) VALUES ('backfill') RETURNING id")[0][0]
+    hand = Hand(100)
+    async with TopClient(s) as client:
+        syncer = Syncer(s, engine, client, run_id, hand=hand)
+        assert hand.lease is not None
+        assert hand.lease.worker == syncer.worker
+        with engine.begin() as conn:
+            items = queue.enqueue_leased(conn, "wdk", "biz", keys, hand.lease)
+            # the first one's lease ran out and another process took it meanwhile
+            conn.execute(
+                sa.text("UPDATE sync_queue SET leased_by = 'other#1' WHERE key = :k"),
+                {"k": keys[0]},
+            )
+        hand.put(items)
+        before = dict(rows(engine, "SELECT key, leased_until FROM sync_queue"))
+        later = time.monotonic() + 31  # more than half the lease (60 s) from now
+        monkeypatch.setattr("etl.handoff.time.monotonic", lambda: later)
+        taken = await syncer._claim("wdk", 40)
+    assert [i.key for i in taken] == keys[1:]  # the reclaimed one is not fetched twice
+    after = dict(rows(engine, "SELECT key, leased_until FROM sync_queue"))
+    assert after[keys[0]] == before[keys[0]]
+    assert all(after[k] > before[k] for k in keys[1:])  # leased again
+    assert hand.waiting() == 0
+
+
+async def test_beside_another_process_on_the_quota_the_ids_are_queued_for_everyone(
+    sim: Simulator, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With another holder of the app key's quota (a worker), the feeder leases nothing to the
+    backfill: its ids are queued pending, for every process to claim, as without a hand."""
+    s = settings_for(sim.url, batch_size=20, claim_size=40)
+    keys = [str(data.FIRST_DEMO_BIZ_ID + i) for i in range(N)]
+    monkeypatch.setattr(Syncer, "_alone", lambda self: False)
+    result, fed, hand, _, from_table = await _backfill_with_hand(
+        engine, s, keys, monkeypatch, window=150
+    )
+    assert fed.complete
+    assert (hand.handed, from_table) == (0, N)
+    assert result.counters.ids_claimed == N
+    assert rows(engine, "SELECT state, count(*) FROM sync_queue GROUP BY 1") == [("done", N)]
