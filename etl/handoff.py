@@ -36,8 +36,9 @@ WAIT_SECONDS = 0.1  # how soon a waiting feeder sees a stop
 class Hand:
     """Items leased as they were queued, per api, in the order they were queued."""
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.window = max(1, window)
+        self._clock = clock
         self._lock = threading.Condition()
         self._items: dict[str, deque[tuple[float, queue.Item]]] = {}
         self._lease: queue.Lease | None = None
@@ -69,7 +70,7 @@ class Hand:
             if not waiting:
                 return fresh, stale
             assert self._lease is not None
-            old = time.monotonic() - self._lease.seconds / 2
+            old = self._clock() - self._lease.seconds / 2
             while waiting and len(fresh) + len(stale) < limit:
                 at, item = waiting.popleft()
                 (stale if at < old else fresh).append(item)
@@ -110,7 +111,7 @@ class Hand:
     def put(self, items: list[queue.Item]) -> bool:
         """Hand over items just committed as leased; False if the drain is gone (they stay
         leased until released with the worker's leases)."""
-        at = time.monotonic()
+        at = self._clock()
         with self._lock:
             if self._closed:
                 return False

@@ -263,12 +263,13 @@ async def test_ids_queued_before_the_backfill_are_claimed_the_new_ones_handed_ov
 
 
 async def test_a_handed_id_that_waited_past_half_its_lease_is_leased_again_unless_reclaimed(
-    sim: Simulator, engine: Engine, monkeypatch: pytest.MonkeyPatch
+    sim: Simulator, engine: Engine
 ) -> None:
     s = settings_for(sim.url, batch_size=20, claim_size=40, lease_seconds=60)
     keys = [str(data.FIRST_DEMO_BIZ_ID + i) for i in range(3)]
     run_id = rows(engine, "INSERT INTO sync_runs (kind) VALUES ('backfill') RETURNING id")[0][0]
-    hand = Hand(100)
+    now = [1_000.0]
+    hand = Hand(100, clock=lambda: now[0])
     async with TopClient(s) as client:
         syncer = Syncer(s, engine, client, run_id, hand=hand)
         assert hand.lease is not None
@@ -282,8 +283,7 @@ async def test_a_handed_id_that_waited_past_half_its_lease_is_leased_again_unles
             )
         hand.put(items)
         before = dict(rows(engine, "SELECT key, leased_until FROM sync_queue"))
-        later = time.monotonic() + 31  # more than half the lease (60 s) from now
-        monkeypatch.setattr("etl.handoff.time.monotonic", lambda: later)
+        now[0] += 31  # more than half the lease (60 s) later
         taken = await syncer._claim("wdk", 40)
     assert [i.key for i in taken] == keys[1:]  # the reclaimed one is not fetched twice
     after = dict(rows(engine, "SELECT key, leased_until FROM sync_queue"))
