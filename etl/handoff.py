@@ -11,7 +11,9 @@ Only while the backfill is the app key's one process: beside a worker (or any ot
 holding a share of the quota, see :mod:`etl.top.quota`) the feeder queues the ids for everyone
 to claim, as without a hand, so that the others help with them and keep their share of the
 quota by demand — which is what lets a worker fetch a live id within a poll interval while a
-backfill runs (an idle worker holds no share, and growing one takes seconds).
+backfill runs (an idle worker holds no share, and growing one takes seconds). A process that
+starts while ids wait here makes the drain give those back to the queue (``pending``) at its next
+take, for everyone to claim.
 
 Bounded: the feeder waits while ``window`` ids are waiting here, so it runs at most a chunk or
 two ahead of the lanes; the rest of the file is queued as the lanes need it. An id waits here
@@ -76,6 +78,15 @@ class Hand:
                 (stale if at < old else fresh).append(item)
             self._lock.notify_all()
         return fresh, stale
+
+    def spill(self) -> list[queue.Item]:
+        """Every item still waiting (to be given back to the queue: another process now shares
+        the app key, see :meth:`bind`)."""
+        with self._lock:
+            items = [item for waiting in self._items.values() for _, item in waiting]
+            self._items.clear()
+            self._lock.notify_all()
+        return items
 
     def waiting(self) -> int:
         with self._lock:

@@ -425,8 +425,19 @@ class Syncer:
 
     async def _take(self, api: str, size: int) -> list[queue.Item]:
         """Items the feeder leased to this drain as it queued them (none without a hand); those
-        that waited more than half their lease are re-leased first."""
+        that waited more than half their lease are re-leased first. Once another process holds
+        a share of the quota, those still waiting go back to the queue for everyone."""
         if self.hand is None or self.hand.lease is None:
+            return []
+        if not self._alone():  # another process shares the app key now: share the ids too
+            spilled = self.hand.spill()
+            if spilled:
+                log.info(
+                    "another process shares the app key: %d ids leased to this backfill "
+                    "are queued for every process",
+                    len(spilled),
+                )
+                await self._release(spilled, None, None)
             return []
         fresh, stale = self.hand.take(api, size)
         if stale:

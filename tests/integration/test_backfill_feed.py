@@ -307,3 +307,31 @@ async def test_beside_another_process_on_the_quota_the_ids_are_queued_for_everyo
     assert (hand.handed, from_table) == (0, N)
     assert result.counters.ids_claimed == N
     assert rows(engine, "SELECT state, count(*) FROM sync_queue GROUP BY 1") == [("done", N)]
+
+
+async def test_ids_waiting_in_the_hand_go_back_to_the_queue_once_another_process_shares(
+    sim: Simulator, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker starts during a lone backfill: the ids still waiting in the hand are given back
+    (pending, for every process) and the rest is queued for everyone; none is fetched twice."""
+    s = settings_for(sim.url, batch_size=20, claim_size=40)
+    keys = [str(data.FIRST_DEMO_BIZ_ID + i) for i in range(N)]
+    monkeypatch.setattr(Syncer, "_alone", lambda self: self.hand.handed < 200)
+    real_release = queue.release
+    given_back: list[int] = []
+
+    def release(conn: Any, items: Any, *args: Any, **kwargs: Any) -> int:
+        given_back.append(len(items))
+        return real_release(conn, items, *args, **kwargs)
+
+    monkeypatch.setattr(queue, "release", release)
+    result, fed, hand, _, from_table = await _backfill_with_hand(
+        engine, s, keys, monkeypatch, window=150
+    )
+    assert fed.complete
+    assert hand.handed == 200  # two chunks of 100 leased while alone, none after
+    assert sum(given_back) > 0  # some were still waiting when the other process came
+    assert from_table == N - 200 + sum(given_back)
+    assert result.counters.ids_claimed == N  # each id fetched once
+    assert rows(engine, "SELECT state, count(*) FROM sync_queue GROUP BY 1") == [("done", N)]
+    assert rows(engine, "SELECT count(*) FROM wdk_orders") == [(N,)]
