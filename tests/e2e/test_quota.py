@@ -108,6 +108,25 @@ def _rate(sim: SimulatorThread, seconds: float) -> float:
     return (sim.counters.calls - before) / seconds
 
 
+def _seconds_until_rate(
+    sim: SimulatorThread, since: float, rate: float, timeout: float
+) -> float | None:
+    """Seconds from ``since`` to the end of the first one-second window in which the simulator
+    answered calls at ``rate`` or more: the window slides over the call counter sampled every
+    0.05 s (back-to-back probes of one second each, 0.2 s apart, added up to 1.2 s)."""
+    samples: list[tuple[float, int]] = []
+    while (now := time.monotonic()) < since + timeout:
+        calls = sim.counters.calls
+        samples.append((now, calls))
+        for then, before in reversed(samples):  # the newest sample at least a second old
+            if now - then >= 1.0:
+                if calls - before >= rate * (now - then):
+                    return now - since
+                break
+        time.sleep(0.05)
+    return None
+
+
 def _stop(procs: list[subprocess.Popen[str]]) -> None:
     for p in procs:
         if p.poll() is None:
@@ -143,9 +162,8 @@ def test_three_workers_share_the_quota_without_a_ban_and_survivors_take_a_killed
         procs[0].wait(10)
         killed = time.monotonic()
         # the survivors take the killed worker's share: back above 0.9 x quota within seconds
-        recovered = _wait_for(lambda: _rate(capped, 1.0) >= 0.9 * QUOTA, 10)
-        recovery = time.monotonic() - killed
-        assert recovered, "the survivors did not take the killed worker's share"
+        recovery = _seconds_until_rate(capped, killed, 0.9 * QUOTA, 10)
+        assert recovery is not None, "the survivors did not take the killed worker's share"
         after = _rate(capped, 4)
         assert after >= 0.9 * QUOTA, f"{after:.1f} calls/s by the two survivors"
         assert _holders(db_url) == 2
