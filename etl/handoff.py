@@ -90,17 +90,18 @@ class Hand:
 
     def waiting(self) -> int:
         with self._lock:
-            return sum(len(d) for d in self._items.values())
+            return self._count()
 
-    def close(self) -> int:
-        """No more items are taken; returns how many were still waiting (their leases are the
-        caller's to release)."""
+    def _count(self) -> int:  # with the lock held
+        return sum(len(d) for d in self._items.values())
+
+    def close(self) -> None:
+        """No more items are taken or put (those still waiting are the caller's to release,
+        with the worker's other leases)."""
         with self._lock:
             self._closed = True
-            left = sum(len(d) for d in self._items.values())
             self._items.clear()
             self._lock.notify_all()
-        return left
 
     # ----------------------------------------------------------------- the feeder's side
 
@@ -115,7 +116,7 @@ class Hand:
                 if self._lease is not None:
                     if not self._alone():
                         return None
-                    if sum(len(d) for d in self._items.values()) < self.window:
+                    if self._count() < self.window:
                         return self._lease
                 self._lock.wait(WAIT_SECONDS)
 

@@ -363,20 +363,15 @@ def backfill(
                     halt.set()
                     await asyncio.wait([feeding])
                     spooled.close()
-                    # ids handed over but never taken (the drain stopped first) go back
-                    if (hand.close() or not _fed_whole(feeding)) and hand.lease is not None:
+                    # ids handed over but never taken (the drain stopped first) go back;
+                    # after a drain that finished, the run holds nothing and this frees nothing
+                    hand.close()
+                    if hand.lease is not None:
                         await asyncio.to_thread(app.release_leases, engine, hand.lease.worker)
                 feeding.result()  # raise what stopped the queueing, if anything did
                 return outcome
 
     _finish(asyncio.run(run()))
-
-
-def _fed_whole(feeding: Any) -> bool:
-    """Whether a backfill's feeding (a done future of :class:`etl.intake.Fed`) queued every id."""
-    if feeding.cancelled() or feeding.exception() is not None:
-        return False
-    return bool(feeding.result().complete)
 
 
 @main.command()

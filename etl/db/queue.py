@@ -86,7 +86,7 @@ _REARM = (
     "next_attempt_at = now(), last_error_class = NULL, last_error = NULL, "
     "updated_at = now(), done_at = NULL, priority = excluded.priority"
 )
-_REARMABLE = "WHERE sync_queue.state IN ('done', 'not_found', 'dead', 'failed')"
+_REARMABLE = "WHERE q.state IN ('done', 'not_found', 'dead', 'failed')"  # INSERT ... AS q
 
 
 def enqueue(
@@ -107,7 +107,7 @@ def enqueue(
         params = {"api": api, "kind": id_kind, "keys": chunk, "prio": priority}
         result = conn.execute(
             sa.text(
-                "INSERT INTO sync_queue (api, id_kind, key, priority) "
+                "INSERT INTO sync_queue AS q (api, id_kind, key, priority) "
                 "SELECT :api, :kind, k, :prio FROM unnest(CAST(:keys AS text[])) AS k "
                 f"ON CONFLICT (api, id_kind, key) {conflict}"
             ),
@@ -154,7 +154,7 @@ def enqueue_leased(
                 "leased_by, run_id) SELECT :api, :kind, k, :prio, 'leased', "
                 "now() + make_interval(secs => :lease), :worker, :run "
                 "FROM unnest(CAST(:keys AS text[])) AS k "
-                f"ON CONFLICT (api, id_kind, key) {conflict.replace('sync_queue.', 'q.')} "
+                f"ON CONFLICT (api, id_kind, key) {conflict} "
                 "RETURNING q.id, q.api, q.id_kind, q.key, q.attempts, q.not_found_checks"
             ),
             params,
