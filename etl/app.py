@@ -229,7 +229,8 @@ async def drain_once(
 ) -> RunOutcome:
     """One run of ``kind`` that drains the queue and records itself in sync_runs (while
     ``feeding`` is not done, more ids are still being queued: see :meth:`Syncer.drain`; ``hand``:
-    the ids it leases to this drain as it queues them, see :mod:`etl.handoff`).
+    the new ids a lone backfill hands to this drain without queueing them, see
+    :mod:`etl.handoff`).
 
     A graceful stop lets the batches in flight finish; an abort (second signal, grace period
     over) cancels them and releases their ids untouched.

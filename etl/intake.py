@@ -11,6 +11,7 @@ fingerprinted, spooled to a temporary file, nothing written to the database), th
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -18,11 +19,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from etl import errors, ids
 from etl.db import backfills, queue
 from etl.handoff import Hand
+
+log = logging.getLogger(__name__)
 
 SHOWN_ERRORS = 20  # bad lines quoted in the error message
 PROGRESS_SECONDS = 5.0
@@ -148,7 +152,7 @@ FIRST_FEED_CHUNK = 1_000
 class Fed:
     """What :func:`feed` queued."""
 
-    added: int = 0  # rows added to the queue or re-armed
+    added: int = 0  # rows added to the queue or re-armed, and ids handed over (etl.handoff)
     finished: int = 0  # ids already finished before the backfill started (see backfills.add)
     complete: bool = True  # False: stopped before the end (the next run resumes)
 
@@ -172,35 +176,64 @@ def feed(
     that a drain running meanwhile claims each chunk as soon as it is committed. Stops between
     chunks when ``stopped()``; what was committed stays (the same input again resumes).
 
-    With ``hand``, while the backfill is the app key's one process, the ids it adds are leased
-    to the drain as they are queued and handed over (see :mod:`etl.handoff`): each chunk waits
-    until the drain is ready and few enough handed ids are still waiting."""
+    With ``hand``, while the backfill is the app key's one process, the ids of a chunk that
+    have no queue row are not queued: they are handed over to the drain, which writes each
+    one's row with its outcome (see :mod:`etl.handoff`); each chunk waits until the drain is
+    ready and few enough handed ids are still waiting. The backfill is then sealed by
+    :func:`give_back`, once the drain is over."""
     fed = Fed()
     for keys in spooled.chunks(chunk_size, min(first_chunk, chunk_size)):
-        lease: queue.Lease | None = None
-        items: list[queue.Item] = []
-        if hand is not None:
-            lease = hand.wait_lease(stopped)
+        handing = hand is not None and hand.ready(stopped)
         if stopped():
             fed.complete = False
             break
+        new: list[str] = []
         with engine.begin() as conn:
-            if lease is None:
+            if handing:
+                have = queue.known(conn, api, id_kind, keys)
+                new = [k for k in keys if k not in have]
+                keys = [k for k in keys if k in have]
+            if keys:
                 fed.added += queue.enqueue(
                     conn, api, id_kind, keys, refresh=refresh, priority=priority
                 )
-            else:
-                items = queue.enqueue_leased(
-                    conn, api, id_kind, keys, lease, refresh=refresh, priority=priority
-                )
-                fed.added += len(items)
-            fed.finished += backfills.add(conn, backfill_id, api, id_kind, keys, since)
-        if hand is not None and items:
-            hand.put(items)
-    if fed.complete:
+                fed.finished += backfills.add(conn, backfill_id, api, id_kind, keys, since)
+        if new:
+            assert hand is not None
+            if not hand.put(api, id_kind, new):  # the drain is gone: the next run reads them
+                fed.complete = False
+                break
+            fed.added += len(new)
+    if fed.complete and hand is None:
         with engine.begin() as conn:
             backfills.seal(conn, backfill_id)
     return fed
+
+
+def give_back(engine: Engine, backfill_id: int, hand: Hand, *, seal: bool) -> int:
+    """Once the drain is over: queue (``pending``) the ids still in ``hand`` — waiting, or
+    taken by a batch that did not commit — as part of the backfill, and with ``seal`` (every id
+    of the input was fed) record how many ids the backfill holds. Returns how many were still in
+    the hand; if the database refuses them, they are not queued (logged): the same command
+    again resumes the backfill and reads them again."""
+    rest = hand.close()
+    try:
+        with engine.begin() as conn:
+            if rest:
+                queue.queue_handed(conn, rest, backfill_id)
+            if seal:
+                backfills.seal(conn, backfill_id)
+    except sa.exc.SQLAlchemyError as exc:
+        log.error(
+            "%d ids of backfill %d could not be queued (%s): run the same command again",
+            len(rest),
+            backfill_id,
+            exc.__class__.__name__,
+        )
+        return len(rest)
+    if rest:
+        log.info("queued %d ids of backfill %d that were not fetched", len(rest), backfill_id)
+    return len(rest)
 
 
 def _digest(api: str, id_kind: str) -> hashlib._Hash:

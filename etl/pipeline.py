@@ -271,10 +271,10 @@ class Syncer:
         # in the same pass as reading them (see etl.loading.Mix)
         self.mix = loading.Mix()
         self._expired_looked = -EXPIRED_CLAIM_SECONDS  # monotonic time of the last look
-        # a backfill's ids leased to this drain as they are queued (see etl.handoff)
+        # a lone backfill's new ids, handed over to this drain without a queue row (etl.handoff)
         self.hand = hand
         if hand is not None:
-            hand.bind(queue.Lease(self.worker, run_id, settings.lease_seconds), self._alone)
+            hand.bind(self._alone)
 
     def _alone(self) -> bool:
         """No other process holds a share of the app key's quota (as of the last renewal)."""
@@ -424,26 +424,24 @@ class Syncer:
         return items
 
     async def _take(self, api: str, size: int) -> list[queue.Item]:
-        """Items the feeder leased to this drain as it queued them (none without a hand); those
-        that waited more than half their lease are re-leased first. Once another process holds
-        a share of the quota, those still waiting go back to the queue for everyone."""
-        if self.hand is None or self.hand.lease is None:
+        """Ids the feeder handed over without queueing them (none without a hand). Once another
+        process holds a share of the quota, those still waiting are queued for everyone."""
+        if self.hand is None or not self.hand.bound:
             return []
         if not self._alone():  # another process shares the app key now: share the ids too
             spilled = self.hand.spill()
             if spilled:
                 log.info(
-                    "another process shares the app key: %d ids leased to this backfill "
+                    "another process shares the app key: %d ids handed to this backfill "
                     "are queued for every process",
                     len(spilled),
                 )
-                await self._release(spilled, None, None)
+                try:
+                    await self._db(queue.queue_handed, spilled, self.backfill)
+                except errors.DatabaseError:
+                    self.hand.keep(spilled)  # queued when the drain ends (etl.intake.give_back)
             return []
-        fresh, stale = self.hand.take(api, size)
-        if stale:
-            with contextlib.suppress(errors.DatabaseError):  # else their leases expire: claimed
-                fresh += await self._db(queue.relet, stale, self.hand.lease)
-        return sorted(fresh, key=lambda i: i.id)
+        return self.hand.take(api, size)
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(conn, *args)`` in a transaction on a worker thread."""
@@ -663,6 +661,8 @@ class Syncer:
         """
         self._sync_client_stats()
         unsaved, self._unsaved = self._unsaved, runs.RunCounters()
+        queued = [o for o in outcomes if o.item.queued]
+        handed = [o for o in outcomes if not o.item.queued]
 
         def work(conn: sa.Connection) -> tuple[load.LoadResult, int, list[float]]:
             pg = conn.connection.driver_connection
@@ -672,10 +672,13 @@ class Syncer:
             # changed while being fetched after it; see etl.db.tmc
             s = self.settings
             latencies, still_open = tmc_db.settle(
-                conn, api, outcomes, self.worker, s.lease_seconds, s.tmc_fetch_slack_seconds
+                conn, api, queued, self.worker, s.lease_seconds, s.tmc_fetch_slack_seconds
             )
-            acked = queue.ack(conn, outcomes, self.policy, self.worker)
+            acked = queue.ack(conn, queued, self.policy, self.worker)
             tmc_db.rearm(conn, still_open)  # --- TMC
+            # ids handed over unqueued (etl.handoff): their rows, written once, with the outcome
+            queue.record_handed(conn, handed, self.policy, self.run_id, self.backfill)
+            acked += len(handed)
             delta = self._delta(result, outcomes)
             delta.add(unsaved)
             runs.increment(conn, self.run_id, delta)
@@ -689,12 +692,18 @@ class Syncer:
                 break
             except errors.DatabaseError as exc:
                 if time.monotonic() > deadline:
-                    log.error("giving up on a batch: %s (its lease will expire)", exc)
+                    log.error(
+                        "giving up on a batch: %s (its leases expire; ids handed over "
+                        "unqueued are queued when the drain ends)",
+                        exc,
+                    )
                     self._unsaved.add(unsaved)
                     return
                 log.debug("database unavailable, retrying the batch in %.1fs", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+        if handed and self.hand is not None:
+            self.hand.written(o.item for o in handed)
         if api == "wdk":  # what the next batches will likely be: mostly new / changed or not
             o = result.orders
             self.mix.observe(o.inserted + o.updated, o.inserted + o.updated + o.unchanged + o.stale)
@@ -773,6 +782,11 @@ class Syncer:
     async def _release(
         self, items: list[queue.Item], until: datetime | None, reason: str | None
     ) -> None:
+        # ids handed over unqueued have no lease to give back: they stay in the hand and are
+        # queued when the drain ends (etl.intake.give_back)
+        items = [i for i in items if i.queued]
+        if not items:
+            return
         try:
             await self._db(queue.release, items, self.worker, until, reason)
         except errors.DatabaseError as exc:

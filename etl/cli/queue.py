@@ -279,7 +279,7 @@ def backfill(
 
         stop = app.stop_on_signals(app.Stopping(state.settings.shutdown_grace_seconds))
         halt = threading.Event()  # the drain ended: stop queueing
-        hand = Hand(intake.FEED_CHUNK)  # the ids queued, leased to the drain (etl.handoff)
+        hand = Hand(intake.FEED_CHUNK)  # new ids handed to the drain unqueued (etl.handoff)
         with app.database(state.settings) as engine:
             with engine.begin() as conn:
                 backfill_id, resumed, since = backfills.begin(
@@ -363,11 +363,16 @@ def backfill(
                     halt.set()
                     await asyncio.wait([feeding])
                     spooled.close()
-                    # ids handed over but never taken (the drain stopped first) go back;
-                    # after a drain that finished, the run holds nothing and this frees nothing
-                    hand.close()
-                    if hand.lease is not None:
-                        await asyncio.to_thread(app.release_leases, engine, hand.lease.worker)
+                    # ids handed over but not fetched (the drain stopped first) are queued
+                    # pending; once every id was fed, the backfill is sealed
+                    fed_all = not feeding.cancelled() and feeding.exception() is None
+                    await asyncio.to_thread(
+                        intake.give_back,
+                        engine,
+                        backfill_id,
+                        hand,
+                        seal=fed_all and feeding.result().complete,
+                    )
                 feeding.result()  # raise what stopped the queueing, if anything did
                 return outcome
 

@@ -39,6 +39,12 @@ class Item:
     not_found_checks: int
     prior_state: str = "pending"  # the state it was claimed from (restored by a release)
 
+    @property
+    def queued(self) -> bool:
+        """False for an id a lone backfill handed over before queueing it (etl.handoff): it
+        has no row until :func:`record_handed` writes one with its outcome."""
+        return self.id > 0
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -70,15 +76,6 @@ class Policy:
 
 PRIORITY_LIVE = 0  # ids from messages, refreshes of open orders, ids queued by hand
 PRIORITY_BULK = 10  # a backfill: served when no live id is due
-
-
-@dataclass(frozen=True)
-class Lease:
-    """Who takes ids leased as they are queued (see :func:`enqueue_leased`)."""
-
-    worker: str
-    run_id: int | None
-    seconds: float
 
 
 _REARM = (
@@ -118,52 +115,6 @@ def enqueue(
     return total
 
 
-def enqueue_leased(
-    conn: Connection,
-    api: str,
-    id_kind: str,
-    keys: Sequence[str],
-    lease: Lease,
-    *,
-    refresh: bool = False,
-    priority: int = PRIORITY_BULK,
-) -> list[Item]:
-    """:func:`enqueue`, with the rows it adds (or re-arms) leased at once to ``lease.worker``
-    and returned as claimed items: the caller fetches them without claiming them (one write an
-    id fewer; a backfill's own fresh ids, see etl.handoff). Ids already queued are left to the
-    claims, as with :func:`enqueue`."""
-    leased = (
-        "state = 'leased', leased_until = excluded.leased_until, leased_by = excluded.leased_by, "
-        "run_id = excluded.run_id"
-    )
-    conflict = f"DO UPDATE SET {_REARM}, {leased} {_REARMABLE}" if refresh else "DO NOTHING"
-    items: list[Item] = []
-    for chunk in _chunks(keys):
-        params = {
-            "api": api,
-            "kind": id_kind,
-            "keys": chunk,
-            "prio": priority,
-            "worker": lease.worker,
-            "run": lease.run_id,
-            "lease": lease.seconds,
-        }
-        rows = conn.execute(
-            sa.text(
-                "INSERT INTO sync_queue AS q (api, id_kind, key, priority, state, leased_until, "
-                "leased_by, run_id) SELECT :api, :kind, k, :prio, 'leased', "
-                "now() + make_interval(secs => :lease), :worker, :run "
-                "FROM unnest(CAST(:keys AS text[])) AS k "
-                f"ON CONFLICT (api, id_kind, key) {conflict} "
-                "RETURNING q.id, q.api, q.id_kind, q.key, q.attempts, q.not_found_checks"
-            ),
-            params,
-        ).all()
-        items += [Item(*row) for row in rows]
-        _raise_priority(conn, params)
-    return items
-
-
 def _chunks(keys: Sequence[str], size: int = 50_000) -> Iterator[list[str]]:
     for start in range(0, len(keys), size):
         yield list(keys[start : start + size])
@@ -182,21 +133,110 @@ def _raise_priority(conn: Connection, params: dict[str, Any]) -> None:
         )
 
 
-def relet(conn: Connection, items: Sequence[Item], lease: Lease) -> list[Item]:
-    """Renew the lease of ``items`` still leased to ``lease.worker``; returns those (the others
-    were reclaimed by another process once their lease expired)."""
-    if not items:
-        return []
-    kept = set(
-        conn.execute(
-            sa.text(
-                "UPDATE sync_queue q SET leased_until = now() + make_interval(secs => :lease), "
-                "updated_at = now() WHERE " + _OURS + " RETURNING q.id"
-            ),
-            {"ids": [i.id for i in items], "worker": lease.worker, "lease": lease.seconds},
-        ).scalars()
-    )
-    return [i for i in items if i.id in kept]
+def known(conn: Connection, api: str, id_kind: str, keys: Sequence[str]) -> set[str]:
+    """Those of ``keys`` that have a row."""
+    found: set[str] = set()
+    for chunk in _chunks(keys):
+        found.update(
+            conn.execute(
+                sa.text(
+                    "SELECT key FROM sync_queue WHERE api = :api AND id_kind = :kind "
+                    "AND key = ANY(CAST(:keys AS text[]))"
+                ),
+                {"api": api, "kind": id_kind, "keys": chunk},
+            ).scalars()
+        )
+    return found
+
+
+def record_handed(
+    conn: Connection,
+    outcomes: Sequence[Outcome],
+    policy: Policy,
+    run_id: int | None,
+    backfill: int | None,
+    priority: int = PRIORITY_BULK,
+) -> int:
+    """Write the rows of ids a lone backfill handed over unqueued (etl.handoff), each in the
+    state its outcome leaves it in, as part of ``backfill``: one write an id. An id another
+    process queued meanwhile keeps its row as it is (it is fetched again; the load is
+    idempotent) and joins the backfill. Runs in the caller's transaction (the one that loaded
+    the orders); returns how many rows it wrote."""
+    if not outcomes:
+        return 0
+    outcomes = sorted(outcomes, key=lambda o: (o.item.api, o.item.id_kind, o.item.key))
+    written = conn.execute(
+        sa.text(
+            "WITH v AS (SELECT * FROM unnest(CAST(:apis AS text[]), CAST(:kinds AS text[]), "
+            "CAST(:keys AS text[]), CAST(:states AS text[]), CAST(:attempts AS int[]), "
+            "CAST(:checks AS int[]), CAST(:delays AS float8[]), CAST(:classes AS text[]), "
+            "CAST(:errs AS text[])) "
+            "AS v(api, kind, key, state, attempts, checks, delay, err_class, err)), "
+            "ins AS (INSERT INTO sync_queue AS q (api, id_kind, key, priority, state, attempts, "
+            "not_found_checks, next_attempt_at, last_error_class, last_error, run_id, done_at) "
+            "SELECT api, kind, key, :prio, state, attempts, checks, "
+            "now() + make_interval(secs => delay), err_class, err, :run, "  # NULL delay: never
+            "CASE WHEN state IN ('done', 'not_found', 'dead') THEN now() END FROM v "
+            "ORDER BY api, kind, key ON CONFLICT (api, id_kind, key) DO NOTHING "
+            "RETURNING q.id, q.api, q.id_kind, q.key), "
+            "m AS (INSERT INTO backfill_ids (backfill_id, queue_id) "
+            "SELECT CAST(:backfill AS bigint), id FROM ins "
+            "WHERE CAST(:backfill AS bigint) IS NOT NULL ON CONFLICT DO NOTHING) "
+            "SELECT api, id_kind, key FROM ins"
+        ),
+        {
+            "apis": [o.item.api for o in outcomes],
+            "kinds": [o.item.id_kind for o in outcomes],
+            "keys": [o.item.key for o in outcomes],
+            **_planned(outcomes, policy),
+            "prio": priority,
+            "run": run_id,
+            "backfill": backfill,
+        },
+    ).all()
+    if len(written) < len(outcomes) and backfill is not None:  # queued by another meanwhile
+        mine = {tuple(row) for row in written}
+        _join(conn, backfill, [o.item for o in outcomes if _ident(o.item) not in mine])
+    return len(written)
+
+
+def queue_handed(
+    conn: Connection, items: Sequence[Item], backfill: int | None, priority: int = PRIORITY_BULK
+) -> int:
+    """Queue (``pending``, for every process) ids a backfill handed over but did not fetch
+    (the drain ended first, or another process shares the app key now), as part of
+    ``backfill``. Returns how many rows were added."""
+    added = 0
+    for (api, id_kind), keys in _by_kind(items).items():
+        added += enqueue(conn, api, id_kind, keys, priority=priority)
+    if backfill is not None:
+        _join(conn, backfill, items)
+    return added
+
+
+def _ident(item: Item) -> tuple[str, str, str]:
+    return item.api, item.id_kind, item.key
+
+
+def _by_kind(items: Sequence[Item]) -> dict[tuple[str, str], list[str]]:
+    out: dict[tuple[str, str], list[str]] = {}
+    for item in items:
+        out.setdefault((item.api, item.id_kind), []).append(item.key)
+    return out
+
+
+def _join(conn: Connection, backfill: int, items: Sequence[Item]) -> None:
+    """Make the rows of ``items`` part of ``backfill``."""
+    for (api, id_kind), keys in _by_kind(items).items():
+        for chunk in _chunks(keys):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO backfill_ids (backfill_id, queue_id) SELECT :b, id "
+                    "FROM sync_queue WHERE api = :api AND id_kind = :kind "
+                    "AND key = ANY(CAST(:keys AS text[])) ON CONFLICT DO NOTHING"
+                ),
+                {"b": backfill, "api": api, "kind": id_kind, "keys": chunk},
+            )
 
 
 # Restricts a statement on sync_queue to the rows of one backfill.
@@ -300,6 +340,19 @@ def _plan(outcome: Outcome, policy: Policy) -> tuple[str, int, int, float | None
     return "failed", attempts, item.not_found_checks, policy.retry_delay(attempts)
 
 
+def _planned(outcomes: Sequence[Outcome], policy: Policy) -> dict[str, list[Any]]:
+    """The statement parameters (one array each) of the rows ``outcomes`` leave."""
+    plans = [_plan(o, policy) for o in outcomes]
+    return {
+        "states": [p[0] for p in plans],
+        "attempts": [p[1] for p in plans],
+        "checks": [p[2] for p in plans],
+        "delays": [p[3] for p in plans],
+        "classes": [o.error_class for o in outcomes],
+        "errs": [(o.error or "")[:2000] or None for o in outcomes],
+    }
+
+
 def settles(outcome: Outcome, policy: Policy) -> bool:
     """Whether ``outcome`` leaves the id answered (done, not found, dead) rather than retried."""
     return _plan(outcome, policy)[0] in FINAL
@@ -326,7 +379,6 @@ def ack(conn: Connection, outcomes: Sequence[Outcome], policy: Policy, worker: s
     outcomes = [o for o in outcomes if o.result != "done"]  # each with its own values
     if not outcomes:
         return acked
-    plans = [_plan(o, policy) for o in outcomes]
     result = conn.execute(
         sa.text(
             "UPDATE sync_queue q SET state = v.state, attempts = v.attempts, "
@@ -344,12 +396,7 @@ def ack(conn: Connection, outcomes: Sequence[Outcome], policy: Policy, worker: s
         ),
         {
             "ids": [o.item.id for o in outcomes],
-            "states": [p[0] for p in plans],
-            "attempts": [p[1] for p in plans],
-            "checks": [p[2] for p in plans],
-            "delays": [p[3] for p in plans],
-            "classes": [o.error_class for o in outcomes],
-            "errs": [(o.error or "")[:2000] or None for o in outcomes],
+            **_planned(outcomes, policy),
             "worker": worker,
         },
     )

@@ -178,9 +178,10 @@ def test_sigterm_finishes_the_batches_in_flight(db_url: str, tmp_path: Path, com
 def test_sigterm_on_a_fresh_backfill_gives_back_the_ids_handed_over_but_not_started(
     db_url: str, tmp_path: Path
 ) -> None:
-    """A backfill of ids never queued before leases them to itself as it queues them (see
-    etl.handoff): at SIGTERM the batches in flight finish, and the ids handed over but not yet
-    started go back to pending, no attempt charged; the same command again finishes them."""
+    """A lone backfill of ids never queued before hands them over to its drain without queueing
+    them (see etl.handoff): at SIGTERM the batches in flight finish, and the ids handed over
+    but not yet fetched are queued pending, no attempt charged; the same command again
+    finishes them."""
     ids = _ids(400, 2500)
     path = tmp_path / "ids.txt"
     path.write_text("\n".join(ids) + "\n")
@@ -191,7 +192,8 @@ def test_sigterm_on_a_fresh_backfill_gives_back_the_ids_handed_over_but_not_star
         proc = _start(env, "backfill", "--file", str(path))
         try:
             assert _wait_for(lambda: sim.counters.calls >= 2, 30)
-            assert one(db_url, "SELECT count(*) FROM sync_queue WHERE state = 'leased'") > 40
+            # the ids in flight have no row yet: each is written when its batch commits
+            assert one(db_url, "SELECT count(*) FROM sync_queue WHERE state = 'leased'") == 0
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=30)
         finally:

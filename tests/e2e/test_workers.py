@@ -91,13 +91,21 @@ def test_three_workers_drain_one_queue_exactly_once(
     _consistent(db_url)
 
 
+@pytest.mark.parametrize("queued_before", [False, True])
 def test_backfill_killed_halfway_then_rerun_finishes(
-    db_url: str, sim: SimulatorThread, tmp_path: Path
+    db_url: str, sim: SimulatorThread, tmp_path: Path, queued_before: bool
 ) -> None:
+    """SIGKILL halfway, then the same command again: it says what was already finished and
+    fetches the rest once. Ids queued before the backfill are claimed (leased): the killed
+    run's leases are released at once by the next run on the host. A lone backfill's new ids
+    are handed over unqueued (etl.handoff): the killed run leaves no lease, only the rows of
+    the batches it committed, and the re-run reads the others again."""
     ids = _ids(2000, offset=10_000)
     path = tmp_path / "backfill.txt"
     path.write_text("# a comment line\n" + "\n".join(ids) + "\n")
     env = etl_env(db_url, sim.url, top_qps=15, claim_size=40, not_found_checks=1, lanes=2)
+    if queued_before:
+        subprocess.run(etl_cmd("enqueue", "--file", str(path)), env=env, check=True)
     cmd = etl_cmd("backfill", "--file", str(path))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -120,7 +128,11 @@ def test_backfill_killed_halfway_then_rerun_finishes(
     done = one(db_url, "SELECT count(*) FROM sync_queue WHERE state IN ('done','not_found')")
     assert 600 <= done < len(ids), "the kill must land halfway"
     leased = one(db_url, "SELECT count(*) FROM sync_queue WHERE state = 'leased'")
-    assert leased > 0  # the killed run held leases; the re-run must not wait for them to expire
+    if queued_before:
+        assert leased > 0  # the killed run held leases; the re-run must not wait for them
+    else:
+        assert leased == 0
+        assert one(db_url, "SELECT count(*) FROM sync_queue") == done  # committed rows only
     env["ETL_TOP_QPS"] = "200"
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 0, again.stderr
@@ -141,7 +153,7 @@ def test_backfill_killed_halfway_then_rerun_finishes(
     assert second[1] == len(ids) - done  # the re-run skipped what was done
     # Counters commit with each batch: the killed run's row says what it really loaded.
     assert first[2] + second[2] == len(existing)
-    assert "leased by killed processes" in again.stderr
+    assert ("leased by killed processes" in again.stderr) == queued_before
     _consistent(db_url)
 
 

@@ -175,9 +175,9 @@ async def _backfill_with_hand(
     window: int,
     chunk_size: int = CHUNK,
 ) -> tuple[Any, intake.Fed, Hand, list[int], int]:
-    """Feed ``keys`` through a hand while a drain works them; returns (the drain's result, what
-    was fed, the hand, the number of items waiting in the hand after each put, the number of
-    ids the drain claimed from the table)."""
+    """Feed ``keys`` through a hand while a drain works them, then give back and seal as `etl
+    backfill` does; returns (the drain's result, what was fed, the hand, the number of ids
+    waiting in the hand after each put, the number of ids the drain claimed from the table)."""
     real_claim, real_put = queue.claim, Hand.put
     claimed_from_table = 0
     waiting_after_put: list[int] = []
@@ -188,8 +188,8 @@ async def _backfill_with_hand(
         claimed_from_table += len(items)
         return items
 
-    def put(self: Hand, items: list[queue.Item]) -> bool:
-        ok = real_put(self, items)
+    def put(self: Hand, api: str, id_kind: str, keys: list[str]) -> bool:
+        ok = real_put(self, api, id_kind, keys)
         waiting_after_put.append(self.waiting())
         return ok
 
@@ -219,15 +219,40 @@ async def _backfill_with_hand(
             syncer = Syncer(s, engine, client, run_id, backfill=backfill_id, hand=hand)
             result = await asyncio.wait_for(syncer.drain(asyncio.Event(), feeding=feeding), 60)
         fed = await feeding
+        intake.give_back(engine, backfill_id, hand, seal=fed.complete)
     return result, fed, hand, waiting_after_put, claimed_from_table
 
 
-async def test_a_backfill_fetches_the_ids_it_queued_without_claiming_them_again(
+def _count_queue_writes(engine: Engine) -> None:
+    """A trigger counting the INSERTs and UPDATEs of sync_queue rows in ``queue_writes``."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE queue_writes (op text, n bigint)"))
+        conn.execute(
+            sa.text(
+                "CREATE FUNCTION count_queue_write() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN INSERT INTO queue_writes VALUES (TG_OP, 1); RETURN NULL; END $$"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE TRIGGER count_queue_write AFTER INSERT OR UPDATE ON sync_queue "
+                "FOR EACH ROW EXECUTE FUNCTION count_queue_write()"
+            )
+        )
+
+
+def _queue_writes(engine: Engine) -> dict[str, int]:
+    return dict(rows(engine, "SELECT op, sum(n)::int FROM queue_writes GROUP BY op"))
+
+
+async def test_a_lone_backfill_writes_the_row_of_each_new_id_once_with_its_outcome(
     sim: Simulator, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The feeder leases the ids it adds to the drain as it queues them and hands them over: no
-    claim statement takes them from the table, and the feeder runs at most one chunk past its
-    window ahead of the lanes."""
+    """The feeder hands the ids that have no queue row over to the drain unqueued: no claim
+    takes them from the table, each one's row is inserted once, already done, by the
+    transaction that loads its order (no leased row first, no update), and the feeder runs at
+    most one chunk past its window ahead of the lanes."""
+    _count_queue_writes(engine)
     s = settings_for(sim.url, batch_size=20, claim_size=40)
     keys = [str(data.FIRST_DEMO_BIZ_ID + i) for i in range(N)]
     result, fed, hand, waiting, from_table = await _backfill_with_hand(
@@ -237,12 +262,16 @@ async def test_a_backfill_fetches_the_ids_it_queued_without_claiming_them_again(
     assert hand.handed == N
     assert from_table == 0  # every id came through the hand
     assert result.counters.ids_claimed == N
+    assert _queue_writes(engine) == {"INSERT": N}  # one write an id: no UPDATE at all
     assert rows(engine, "SELECT state, count(*) FROM sync_queue GROUP BY 1") == [("done", N)]
     assert rows(engine, "SELECT count(*) FROM wdk_orders") == [(N,)]
     assert max(waiting) <= 150 + CHUNK  # bounded: the feeder waited for the lanes
+    # every row is part of the backfill, which is sealed with all of them
+    assert rows(engine, "SELECT count(*) FROM backfill_ids") == [(N,)]
     assert rows(engine, "SELECT ids FROM backfills") == [(N,)]
-    # the leases were this run's, as a claim's are
+    # written by this run, as an ack's are
     assert rows(engine, "SELECT count(DISTINCT run_id) FROM sync_queue") == [(1,)]
+    assert rows(engine, "SELECT count(*) FROM sync_queue WHERE done_at IS NULL") == [(0,)]
 
 
 async def test_ids_queued_before_the_backfill_are_claimed_the_new_ones_handed_over(
@@ -260,43 +289,86 @@ async def test_ids_queued_before_the_backfill_are_claimed_the_new_ones_handed_ov
     assert result.counters.ids_claimed == N
     assert rows(engine, "SELECT state, count(*) FROM sync_queue GROUP BY 1") == [("done", N)]
     assert rows(engine, "SELECT count(*) FROM wdk_orders") == [(N,)]
+    assert rows(engine, "SELECT count(*) FROM backfill_ids") == [(N,)]
 
 
-async def test_a_handed_id_that_waited_past_half_its_lease_is_leased_again_unless_reclaimed(
-    sim: Simulator, engine: Engine
+def test_a_handed_id_gets_the_row_its_outcome_leaves_and_one_queued_meanwhile_is_kept(
+    engine: Engine,
 ) -> None:
-    s = settings_for(sim.url, batch_size=20, claim_size=40, lease_seconds=60)
-    keys = [str(data.FIRST_DEMO_BIZ_ID + i) for i in range(3)]
+    """Not found, failed: the row is written in the state a claimed id would be acked in
+    (re-check / retry due later, the attempt counted), part of the backfill, so that the
+    backfill's own retries claim it. An id another process queued meanwhile keeps its row as
+    it is (it is fetched again) and joins the backfill."""
+    hand = Hand(100)
+    hand.put("wdk", "biz", ["1001", "1002", "1003", "1004"])
+    items = {i.key: i for i in hand.take("wdk", 10)}
+    assert not any(i.queued for i in items.values())
     run_id = rows(engine, "INSERT INTO sync_runs (kind) VALUES ('backfill') RETURNING id")[0][0]
-    now = [1_000.0]
-    hand = Hand(100, clock=lambda: now[0])
-    async with TopClient(s) as client:
-        syncer = Syncer(s, engine, client, run_id, hand=hand)
-        assert hand.lease is not None
-        assert hand.lease.worker == syncer.worker
-        with engine.begin() as conn:
-            items = queue.enqueue_leased(conn, "wdk", "biz", keys, hand.lease)
-            # the first one's lease ran out and another process took it meanwhile
-            conn.execute(
-                sa.text("UPDATE sync_queue SET leased_by = 'other#1' WHERE key = :k"),
-                {"k": keys[0]},
-            )
-        hand.put(items)
-        before = dict(rows(engine, "SELECT key, leased_until FROM sync_queue"))
-        now[0] += 31  # more than half the lease (60 s) later
-        taken = await syncer._claim("wdk", 40)
-    assert [i.key for i in taken] == keys[1:]  # the reclaimed one is not fetched twice
-    after = dict(rows(engine, "SELECT key, leased_until FROM sync_queue"))
-    assert after[keys[0]] == before[keys[0]]
-    assert all(after[k] > before[k] for k in keys[1:])  # leased again
-    assert hand.waiting() == 0
+    with engine.begin() as conn:
+        backfill_id, _, _ = backfills.begin(conn, "wdk", "biz", "ids.txt", "fp", 4)
+        queue.enqueue(conn, "wdk", "biz", ["1004"])  # a message's, meanwhile
+        written = queue.record_handed(
+            conn,
+            [
+                queue.Outcome(items["1001"], "done"),
+                queue.Outcome(items["1002"], "not_found"),
+                queue.Outcome(items["1003"], "failed", "TransportError", "HTTP 502"),
+                queue.Outcome(items["1004"], "done"),
+            ],
+            queue.Policy(not_found_delay=600, retry_base=30),
+            run_id,
+            backfill_id,
+        )
+    assert written == 3
+    got = rows(
+        engine,
+        "SELECT key, state, attempts, not_found_checks, last_error_class, run_id, "
+        "next_attempt_at IS NOT NULL AND next_attempt_at > now() + interval '20 seconds', "
+        "done_at IS NOT NULL, priority FROM sync_queue ORDER BY key",
+    )
+    bulk, live = queue.PRIORITY_BULK, queue.PRIORITY_LIVE
+    assert got == [
+        ("1001", "done", 0, 0, None, run_id, False, True, bulk),
+        ("1002", "not_found", 0, 1, None, run_id, True, True, bulk),
+        ("1003", "failed", 1, 0, "TransportError", run_id, True, False, bulk),
+        ("1004", "pending", 0, 0, None, None, False, False, live),  # kept as it was
+    ]
+    assert rows(engine, "SELECT count(*) FROM backfill_ids") == [(4,)]
+
+
+def test_ids_still_in_the_hand_when_the_drain_ends_are_queued_pending(engine: Engine) -> None:
+    """Waiting ids, and ids taken by a batch that never committed (a stop, a ban, the database
+    away), are queued pending for everyone, as part of the backfill; those whose batch
+    committed are not touched again."""
+    hand = Hand(100)
+    hand.put("wdk", "biz", [str(1000 + i) for i in range(10)])
+    taken = hand.take("wdk", 4)
+    committed, lost = taken[:2], taken[2:]
+    with engine.begin() as conn:
+        backfill_id, _, _ = backfills.begin(conn, "wdk", "biz", "ids.txt", "fp", 10)
+        queue.record_handed(
+            conn, [queue.Outcome(i, "done") for i in committed], queue.Policy(), None, backfill_id
+        )
+    hand.written(committed)
+    assert intake.give_back(engine, backfill_id, hand, seal=True) == 8  # 6 waiting + 2 taken
+    assert rows(engine, "SELECT state, count(*) FROM sync_queue GROUP BY 1 ORDER BY 1") == [
+        ("done", 2),
+        ("pending", 8),
+    ]
+    assert {k for (k,) in rows(engine, "SELECT key FROM sync_queue WHERE state = 'pending'")} == {
+        i.key for i in lost
+    } | {str(1000 + i) for i in range(4, 10)}
+    assert rows(engine, "SELECT count(*) FROM backfill_ids") == [(10,)]
+    assert rows(engine, "SELECT ids FROM backfills") == [(10,)]
+    assert hand.take("wdk", 10) == []  # closed
+    assert not hand.put("wdk", "biz", ["1"])
 
 
 async def test_beside_another_process_on_the_quota_the_ids_are_queued_for_everyone(
     sim: Simulator, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With another holder of the app key's quota (a worker), the feeder leases nothing to the
-    backfill: its ids are queued pending, for every process to claim, as without a hand."""
+    """With another holder of the app key's quota (a worker), the feeder hands nothing over to
+    the backfill: its ids are queued pending, for every process to claim, as without a hand."""
     s = settings_for(sim.url, batch_size=20, claim_size=40)
     keys = [str(data.FIRST_DEMO_BIZ_ID + i) for i in range(N)]
     monkeypatch.setattr(Syncer, "_alone", lambda self: False)
@@ -312,26 +384,27 @@ async def test_beside_another_process_on_the_quota_the_ids_are_queued_for_everyo
 async def test_ids_waiting_in_the_hand_go_back_to_the_queue_once_another_process_shares(
     sim: Simulator, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A worker starts during a lone backfill: the ids still waiting in the hand are given back
+    """A worker starts during a lone backfill: the ids still waiting in the hand are queued
     (pending, for every process) and the rest is queued for everyone; none is fetched twice."""
     s = settings_for(sim.url, batch_size=20, claim_size=40)
     keys = [str(data.FIRST_DEMO_BIZ_ID + i) for i in range(N)]
     monkeypatch.setattr(Syncer, "_alone", lambda self: self.hand.handed < 200)
-    real_release = queue.release
+    real_queue_handed = queue.queue_handed
     given_back: list[int] = []
 
-    def release(conn: Any, items: Any, *args: Any, **kwargs: Any) -> int:
+    def queue_handed(conn: Any, items: Any, *args: Any, **kwargs: Any) -> int:
         given_back.append(len(items))
-        return real_release(conn, items, *args, **kwargs)
+        return real_queue_handed(conn, items, *args, **kwargs)
 
-    monkeypatch.setattr(queue, "release", release)
+    monkeypatch.setattr(queue, "queue_handed", queue_handed)
     result, fed, hand, _, from_table = await _backfill_with_hand(
         engine, s, keys, monkeypatch, window=150
     )
     assert fed.complete
-    assert hand.handed == 200  # two chunks of 100 leased while alone, none after
+    assert hand.handed == 200  # two chunks of 100 handed over while alone, none after
     assert sum(given_back) > 0  # some were still waiting when the other process came
     assert from_table == N - 200 + sum(given_back)
     assert result.counters.ids_claimed == N  # each id fetched once
     assert rows(engine, "SELECT state, count(*) FROM sync_queue GROUP BY 1") == [("done", N)]
     assert rows(engine, "SELECT count(*) FROM wdk_orders") == [(N,)]
+    assert rows(engine, "SELECT count(*) FROM backfill_ids") == [(N,)]
