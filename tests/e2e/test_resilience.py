@@ -212,6 +212,44 @@ def test_sigterm_on_a_fresh_backfill_gives_back_the_ids_handed_over_but_not_star
     assert dict(q(db_url, "SELECT state, count(*) FROM sync_queue GROUP BY 1")) == {"done": 400}
 
 
+def test_a_long_ban_during_a_fresh_backfill_queues_the_ids_it_did_not_fetch(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A lone backfill hands its new ids over unqueued (etl.handoff). A long ban stops it:
+    those not fetched — waiting, or in the batches the ban hit — are queued pending, no attempt
+    charged, all part of the backfill; nothing is leased, and it exits 3."""
+    ids = _ids(400, 3500)
+    path = tmp_path / "ids.txt"
+    path.write_text("\n".join(ids) + "\n")
+    with SimulatorThread(SimulatorConfig(missing_rate=0.0, latency_ms=200)) as sim:
+        env = etl_env(
+            db_url,
+            sim.url,
+            top_qps=100,
+            claim_size=20,
+            lanes=2,
+            concurrency=2,
+            top_ban_threshold=1,
+        )
+        proc = _start(env, "backfill", "--file", str(path))
+        try:
+            assert _wait_for(lambda: sim.counters.calls >= 4, 30)
+            sim.sim.script("quota_ban:600", "quota_ban:600")
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 3, err
+    assert "banned until" in out
+    states = dict(q(db_url, "SELECT state, count(*) FROM sync_queue GROUP BY 1"))
+    assert "leased" not in states
+    assert states["done"] > 0
+    assert states["pending"] > 0
+    assert states["done"] + states["pending"] == len(ids)
+    assert one(db_url, "SELECT max(attempts) FROM sync_queue") == 0
+    assert one(db_url, "SELECT count(*) FROM backfill_ids") == len(ids)
+
+
 @pytest.mark.parametrize("how", ["grace period over", "second signal"])
 def test_a_hard_stop_releases_the_ids_in_flight(db_url: str, tmp_path: Path, how: str) -> None:
     ids = _ids(100, 3000)
