@@ -275,8 +275,8 @@ def _stage_name(table: sa.Table) -> str:
 
 
 def _ensure_stage(cur: psycopg.Cursor[Any], spec: ParentSpec) -> None:
-    # One round trip for all of them (and for _clear_stage's deletes): a backfill loads a
-    # batch of 50 at a time, and 8 statements a batch cost ~0.8 ms more (measured, 2 cores).
+    # One round trip for all of them (and for _clear_stage's deletes): a sync loop under a
+    # quota loads small batches, and 8 statements a batch cost ~0.8 ms more (measured, 2 cores).
     creates = [
         sql.SQL(
             "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"

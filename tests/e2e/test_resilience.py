@@ -30,9 +30,14 @@ def _ids(n: int, offset: int) -> list[str]:
     return [str(data.FIRST_DEMO_BIZ_ID + offset + i) for i in range(n)]
 
 
-def _enqueue(env: dict[str, str], ids: list[str], tmp_path: Path) -> Path:
+def _id_file(ids: list[str], tmp_path: Path) -> Path:
     path = tmp_path / "ids.txt"
     path.write_text("\n".join(ids) + "\n")
+    return path
+
+
+def _enqueue(env: dict[str, str], ids: list[str], tmp_path: Path) -> Path:
+    path = _id_file(ids, tmp_path)
     subprocess.run(etl_cmd("enqueue", "--file", str(path)), env=env, check=True, timeout=60)
     return path
 
@@ -183,8 +188,7 @@ def test_sigterm_on_a_fresh_backfill_gives_back_the_ids_handed_over_but_not_star
     but not yet fetched are queued pending, no attempt charged; the same command again
     finishes them."""
     ids = _ids(400, 2500)
-    path = tmp_path / "ids.txt"
-    path.write_text("\n".join(ids) + "\n")
+    path = _id_file(ids, tmp_path)
     with SimulatorThread(SimulatorConfig(missing_rate=0.0, latency_ms=1500)) as sim:
         env = etl_env(
             db_url, sim.url, top_qps=100, claim_size=20, lanes=2, concurrency=2, poll_seconds=0.3
@@ -219,8 +223,7 @@ def test_a_long_ban_during_a_fresh_backfill_queues_the_ids_it_did_not_fetch(
     those not fetched — waiting, or in the batches the ban hit — are queued pending, no attempt
     charged, all part of the backfill; nothing is leased, and it exits 3."""
     ids = _ids(400, 3500)
-    path = tmp_path / "ids.txt"
-    path.write_text("\n".join(ids) + "\n")
+    path = _id_file(ids, tmp_path)
     with SimulatorThread(SimulatorConfig(missing_rate=0.0, latency_ms=200)) as sim:
         env = etl_env(
             db_url,
