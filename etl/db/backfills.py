@@ -12,6 +12,8 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from etl.db.arrays import text_array
+
 CHUNK = 50_000  # ids per statement
 
 
@@ -59,7 +61,7 @@ def add(
                     "b": backfill_id,
                     "api": api,
                     "kind": id_kind,
-                    "keys": list(keys[start : start + CHUNK]),
+                    "keys": text_array(keys[start : start + CHUNK]),
                     "since": since,
                 },
             ).scalar_one()

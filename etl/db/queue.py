@@ -24,6 +24,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from etl.db.arrays import number_array, text_array
+
 CLAIMABLE = ("pending", "failed", "not_found")  # when next_attempt_at is due
 FINAL = ("done", "not_found", "dead")  # answered (a not_found may still be re-checked)
 STATES = ("pending", "leased", "failed", "not_found", "done", "dead")
@@ -101,7 +103,7 @@ def enqueue(
     conflict = f"DO UPDATE SET {_REARM} {_REARMABLE}" if refresh else "DO NOTHING"
     total = 0
     for chunk in _chunks(keys):
-        params = {"api": api, "kind": id_kind, "keys": chunk, "prio": priority}
+        params = {"api": api, "kind": id_kind, "keys": text_array(chunk), "prio": priority}
         result = conn.execute(
             sa.text(
                 "INSERT INTO sync_queue AS q (api, id_kind, key, priority) "
@@ -143,7 +145,7 @@ def known(conn: Connection, api: str, id_kind: str, keys: Sequence[str]) -> set[
                     "SELECT key FROM sync_queue WHERE api = :api AND id_kind = :kind "
                     "AND key = ANY(CAST(:keys AS text[]))"
                 ),
-                {"api": api, "kind": id_kind, "keys": chunk},
+                {"api": api, "kind": id_kind, "keys": text_array(chunk)},
             ).scalars()
         )
     return found
@@ -165,39 +167,52 @@ def record_handed(
     if not outcomes:
         return 0
     outcomes = sorted(outcomes, key=lambda o: (o.item.api, o.item.id_kind, o.item.key))
+    params = {
+        "apis": text_array(o.item.api for o in outcomes),
+        "kinds": text_array(o.item.id_kind for o in outcomes),
+        "keys": text_array(o.item.key for o in outcomes),
+        **_planned(outcomes, policy),
+        "prio": priority,
+        "run": run_id,
+        "backfill": backfill,
+    }
+    try:  # the usual case, no row exists: a plain insert (ON CONFLICT costs ~4 us a row more)
+        with conn.begin_nested():
+            return int(
+                conn.execute(
+                    sa.text(_HANDED.format(conflict="", out="count(*)")), params
+                ).scalar_one()
+            )
+    except sa.exc.IntegrityError:  # another process queued some of them meanwhile
+        pass
     written = conn.execute(
-        sa.text(
-            "WITH v AS (SELECT * FROM unnest(CAST(:apis AS text[]), CAST(:kinds AS text[]), "
-            "CAST(:keys AS text[]), CAST(:states AS text[]), CAST(:attempts AS int[]), "
-            "CAST(:checks AS int[]), CAST(:delays AS float8[]), CAST(:classes AS text[]), "
-            "CAST(:errs AS text[])) "
-            "AS v(api, kind, key, state, attempts, checks, delay, err_class, err)), "
-            "ins AS (INSERT INTO sync_queue AS q (api, id_kind, key, priority, state, attempts, "
-            "not_found_checks, next_attempt_at, last_error_class, last_error, run_id, done_at) "
-            "SELECT api, kind, key, :prio, state, attempts, checks, "
-            "now() + make_interval(secs => delay), err_class, err, :run, "  # NULL delay: never
-            "CASE WHEN state IN ('done', 'not_found', 'dead') THEN now() END FROM v "
-            "ORDER BY api, kind, key ON CONFLICT (api, id_kind, key) DO NOTHING "
-            "RETURNING q.id, q.api, q.id_kind, q.key), "
-            "m AS (INSERT INTO backfill_ids (backfill_id, queue_id) "
-            "SELECT CAST(:backfill AS bigint), id FROM ins "
-            "WHERE CAST(:backfill AS bigint) IS NOT NULL ON CONFLICT DO NOTHING) "
-            "SELECT api, id_kind, key FROM ins"
-        ),
-        {
-            "apis": [o.item.api for o in outcomes],
-            "kinds": [o.item.id_kind for o in outcomes],
-            "keys": [o.item.key for o in outcomes],
-            **_planned(outcomes, policy),
-            "prio": priority,
-            "run": run_id,
-            "backfill": backfill,
-        },
+        sa.text(_HANDED.format(conflict=_KEEP_THEIRS, out="api, id_kind, key")), params
     ).all()
-    if len(written) < len(outcomes) and backfill is not None:  # queued by another meanwhile
+    if len(written) < len(outcomes) and backfill is not None:
         mine = {tuple(row) for row in written}
         _join(conn, backfill, [o.item for o in outcomes if _ident(o.item) not in mine])
     return len(written)
+
+
+# The rows of handed ids (see record_handed), written in the state their outcome leaves, and
+# their membership in the backfill (new rows: no membership can exist yet).
+_HANDED = (
+    "WITH v AS (SELECT * FROM unnest(CAST(:apis AS text[]), CAST(:kinds AS text[]), "
+    "CAST(:keys AS text[]), CAST(:states AS text[]), CAST(:attempts AS int[]), "
+    "CAST(:checks AS int[]), CAST(:delays AS float8[]), CAST(:classes AS text[]), "
+    "CAST(:errs AS text[])) "
+    "AS v(api, kind, key, state, attempts, checks, delay, err_class, err)), "
+    "ins AS (INSERT INTO sync_queue AS q (api, id_kind, key, priority, state, attempts, "
+    "not_found_checks, next_attempt_at, last_error_class, last_error, run_id, done_at) "
+    "SELECT api, kind, key, :prio, state, attempts, checks, "
+    "now() + make_interval(secs => delay), err_class, err, :run, "  # NULL delay: never
+    "CASE WHEN state IN ('done', 'not_found', 'dead') THEN now() END FROM v "
+    "ORDER BY api, kind, key {conflict} RETURNING q.id, q.api, q.id_kind, q.key), "
+    "m AS (INSERT INTO backfill_ids (backfill_id, queue_id) "
+    "SELECT CAST(:backfill AS bigint), id FROM ins WHERE CAST(:backfill AS bigint) IS NOT NULL) "
+    "SELECT {out} FROM ins"
+)
+_KEEP_THEIRS = "ON CONFLICT (api, id_kind, key) DO NOTHING"
 
 
 def queue_handed(
@@ -235,7 +250,7 @@ def _join(conn: Connection, backfill: int, items: Sequence[Item]) -> None:
                     "FROM sync_queue WHERE api = :api AND id_kind = :kind "
                     "AND key = ANY(CAST(:keys AS text[])) ON CONFLICT DO NOTHING"
                 ),
-                {"b": backfill, "api": api, "kind": id_kind, "keys": chunk},
+                {"b": backfill, "api": api, "kind": id_kind, "keys": text_array(chunk)},
             )
 
 
@@ -340,16 +355,16 @@ def _plan(outcome: Outcome, policy: Policy) -> tuple[str, int, int, float | None
     return "failed", attempts, item.not_found_checks, policy.retry_delay(attempts)
 
 
-def _planned(outcomes: Sequence[Outcome], policy: Policy) -> dict[str, list[Any]]:
-    """The statement parameters (one array each) of the rows ``outcomes`` leave."""
+def _planned(outcomes: Sequence[Outcome], policy: Policy) -> dict[str, str]:
+    """The statement parameters (one array literal each) of the rows ``outcomes`` leave."""
     plans = [_plan(o, policy) for o in outcomes]
     return {
-        "states": [p[0] for p in plans],
-        "attempts": [p[1] for p in plans],
-        "checks": [p[2] for p in plans],
-        "delays": [p[3] for p in plans],
-        "classes": [o.error_class for o in outcomes],
-        "errs": [(o.error or "")[:2000] or None for o in outcomes],
+        "states": text_array(p[0] for p in plans),
+        "attempts": number_array(p[1] for p in plans),
+        "checks": number_array(p[2] for p in plans),
+        "delays": number_array(p[3] for p in plans),
+        "classes": text_array(o.error_class for o in outcomes),
+        "errs": text_array((o.error or "")[:2000] or None for o in outcomes),
     }
 
 
@@ -374,7 +389,7 @@ def ack(conn: Connection, outcomes: Sequence[Outcome], policy: Policy, worker: s
                 "last_error_class = NULL, last_error = NULL, leased_until = NULL, "
                 "updated_at = now(), done_at = now() WHERE " + _OURS
             ),
-            {"ids": done, "worker": worker},
+            {"ids": number_array(done), "worker": worker},
         ).rowcount
     outcomes = [o for o in outcomes if o.result != "done"]  # each with its own values
     if not outcomes:
@@ -395,7 +410,7 @@ def ack(conn: Connection, outcomes: Sequence[Outcome], policy: Policy, worker: s
             "WHERE q.id = v.id AND " + _OURS
         ),
         {
-            "ids": [o.item.id for o in outcomes],
+            "ids": number_array(o.item.id for o in outcomes),
             **_planned(outcomes, policy),
             "worker": worker,
         },
@@ -424,8 +439,8 @@ def release(
             "WHERE q.id = v.id AND " + _OURS
         ),
         {
-            "ids": [i.id for i in items],
-            "priors": [i.prior_state for i in items],
+            "ids": number_array(i.id for i in items),
+            "priors": text_array(i.prior_state for i in items),
             "nb": not_before,
             "worker": worker,
             "reason": reason,

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from etl.db import queue
+from etl.db.arrays import number_array, text_array
 
 POLICY = queue.Policy(
     max_attempts=2, retry_base=0.01, retry_max=0.01, not_found_checks=2, not_found_delay=0.01
@@ -229,3 +230,40 @@ def test_an_ack_records_each_outcome_for_the_ids_its_worker_still_leases_only(
     assert rows[items[3].id] == ("failed", 1, 0, "failed", False, True, True)
     assert rows[items[5].id] == ("dead", 1, 0, "dead", True, False, True)
     assert rows[items[0].id][-1] is False  # still leased, by w2
+
+
+def test_array_literals_carry_any_text_and_number_exactly(engine: Engine) -> None:
+    """The queue's statements pass arrays as literals (etl.db.arrays): whatever a key holds —
+    quotes, backslashes, braces, commas, spaces, the word NULL, unicode — comes back as it was,
+    and None is NULL."""
+    texts = ['a"b', "c\\d", '\\"', "{x,y}", " sp ace ", "NULL", "", "订单-1", None, "{}"]
+    numbers = [0, -1, 2**62, None, 1.5, 1e-05, float("inf")]
+    with engine.begin() as c:
+        assert (
+            c.execute(sa.text("SELECT CAST(:v AS text[])"), {"v": text_array(texts)}).scalar_one()
+            == texts
+        )
+        assert c.execute(
+            sa.text("SELECT CAST(:v AS text[])"), {"v": text_array(["1", "2"])}
+        ).scalar_one() == ["1", "2"]
+        assert c.execute(
+            sa.text("SELECT CAST(:v AS text[])"), {"v": text_array([None, None])}
+        ).scalar_one() == [None, None]
+        assert (
+            c.execute(sa.text("SELECT CAST(:v AS text[])"), {"v": text_array([])}).scalar_one()
+            == []
+        )
+        got = c.execute(
+            sa.text("SELECT CAST(:v AS float8[])"), {"v": number_array(numbers)}
+        ).scalar_one()
+        assert got == [float(n) if n is not None else None for n in numbers]
+        ids = [1, 2**63 - 1]
+        assert (
+            c.execute(sa.text("SELECT CAST(:v AS bigint[])"), {"v": number_array(ids)}).scalar_one()
+            == ids
+        )
+    # keys with a quote or a backslash are queued and found under exactly those keys
+    odd = ['o"1', "o\\2", "o 3"]
+    with engine.begin() as c:
+        assert queue.enqueue(c, "wdk", "out_order", odd) == 3
+        assert queue.known(c, "wdk", "out_order", [*odd, "o4", 'o"1"']) == set(odd)
