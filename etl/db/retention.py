@@ -121,11 +121,12 @@ def _never() -> bool:
 
 def _batches(conn: Connection, stmt: str, params: Mapping[str, object], stop: Stop) -> int:
     """Run the delete ``stmt`` (LIMIT :n) until it deletes less than a batch (or ``stop``); one
-    transaction each."""
+    transaction each. A ``stmt`` returning a row returns how many it deleted."""
     total = 0
     while not stop():
         with conn.begin():
-            n = conn.execute(sa.text(stmt), {**params, "n": BATCH}).rowcount
+            result = conn.execute(sa.text(stmt), {**params, "n": BATCH})
+            n = int(result.scalar_one()) if result.returns_rows else result.rowcount
         total += n
         if n < BATCH:
             return total
@@ -138,23 +139,33 @@ def _count(conn: Connection, stmt: str, params: Mapping[str, object]) -> int:
 
 
 def _prune_rows(
-    conn: Connection, table: str, where: str, before: datetime, dry_run: bool, stop: Stop
+    conn: Connection,
+    table: str,
+    where: str,
+    before: datetime,
+    dry_run: bool,
+    stop: Stop,
+    then: str = "",
 ) -> int:
-    """Delete (or count) the rows of ``table`` matching ``where``, a batch at a time."""
+    """Delete (or count) the rows of ``table`` matching ``where``, a batch at a time; ``then``
+    (statements on ``gone``, the ids deleted) runs in the same statement."""
     params = {"cutoff": before}
     if dry_run:
         return _count(conn, f"SELECT count(*) FROM {table} WHERE {where}", params)
-    return _batches(
-        conn,
+    delete = (
         f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {where} "
-        "LIMIT :n FOR UPDATE SKIP LOCKED)",
-        params,
-        stop,
+        "LIMIT :n FOR UPDATE SKIP LOCKED)"
     )
+    if then:
+        delete = f"WITH gone AS ({delete} RETURNING id), {then} SELECT count(*) FROM gone"
+    return _batches(conn, delete, params, stop)
 
 
 def prune_queue(conn: Connection, before: datetime, dry_run: bool, stop: Stop = _never) -> int:
-    return _prune_rows(conn, "sync_queue", _QUEUE_FINISHED, before, dry_run, stop)
+    """Finished queue rows, and their membership in backfills (``backfill_ids`` has no foreign
+    key to cascade it: migration 0010)."""
+    members = "m AS (DELETE FROM backfill_ids WHERE queue_id IN (SELECT id FROM gone))"
+    return _prune_rows(conn, "sync_queue", _QUEUE_FINISHED, before, dry_run, stop, then=members)
 
 
 def prune_runs(conn: Connection, before: datetime, dry_run: bool, stop: Stop = _never) -> int:

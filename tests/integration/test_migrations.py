@@ -17,6 +17,7 @@ from etl.db import engine as db_engine
 from etl.db import migrate, partitions
 from etl.db.tables import metadata
 from tests.conftest import stop_server
+from tests.helpers import one
 
 EXPECTED_TABLES = {
     "wdk_orders",
@@ -83,8 +84,7 @@ def test_foreign_keys_cascade(db_url: str) -> None:
         "wdk_sub_orders",
         "omni_subpay_orders",
         "omni_pay_serials",
-        "backfill_ids",
-    }
+    }  # backfill_ids has none since 0010: etl prune deletes its rows with their queue rows
     assert {r[1] for r in rows} == {"c"}  # c = ON DELETE CASCADE
 
 
@@ -140,3 +140,38 @@ def test_help_lists_commands() -> None:
     result = _etl("--help", env=dict(os.environ))
     assert result.returncode == 0
     assert "migrate" in result.stdout
+
+
+def test_0010_drops_the_backfill_ids_keys_and_the_downgrade_restores_them(
+    empty_db_url: str,
+) -> None:
+    url = empty_db_url
+    migrate.upgrade(url, "0009")
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO sync_queue (api, id_kind, key, priority) "
+            "SELECT 'wdk', 'biz', k::text, 100 FROM generate_series(1, 5) k"
+        )
+        conn.execute(
+            "INSERT INTO backfills (api, id_kind, source, fingerprint, ids) "
+            "VALUES ('wdk', 'biz', 'ids.txt', 'fp', 5)"
+        )
+        conn.execute("INSERT INTO backfill_ids SELECT b.id, q.id FROM backfills b, sync_queue q")
+    keys = (
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' "
+        "AND conrelid = 'backfill_ids'::regclass"
+    )
+    assert one(url, keys) == 2
+
+    migrate.upgrade(url)
+    assert one(url, keys) == 0
+    assert one(url, "SELECT count(*) FROM backfill_ids") == 5  # every membership kept
+    with psycopg.connect(url) as conn:  # rows deleted by hand leave memberships behind
+        conn.execute("DELETE FROM sync_queue WHERE key IN ('4', '5')")
+
+    migrate.downgrade(url, "0009")
+    assert one(url, keys) == 2
+    assert one(url, "SELECT count(*) FROM backfill_ids") == 3  # the orphans went first
+    with psycopg.connect(url) as conn:  # and the keys cascade again
+        conn.execute("DELETE FROM sync_queue WHERE key = '3'")
+    assert one(url, "SELECT count(*) FROM backfill_ids") == 2

@@ -10,7 +10,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from etl.db import load, partitions, queue, retention
+from etl.db import backfills, load, partitions, queue, retention
 from etl.normalize.orders import normalize_wdk
 from etl.simulator import data
 from tests.helpers import one, q
@@ -53,13 +53,21 @@ def test_prune_removes_only_finished_queue_rows_older_than_keep(
     }
     for key, (state, days, recheck) in {**gone, **kept}.items():
         _queue_row(engine, key, state, days, recheck)
+    with engine.begin() as conn:  # every one of them is part of a backfill
+        backfill = backfills.begin(conn, "wdk", "biz", "ids.txt", "f" * 64, 9)[0]
+        backfills.add(conn, backfill, "wdk", "biz", [*gone, *kept], NOW)
     dry = retention.prune(engine, KEEP, dry_run=True)
     assert dry.queue == 3
     assert one(db_url, "SELECT count(*) FROM sync_queue") == 9
+    assert one(db_url, "SELECT count(*) FROM backfill_ids") == 9
     report = retention.prune(engine, KEEP)
     assert report.queue == 3
     left = {r[0] for r in q(db_url, "SELECT key FROM sync_queue")}
     assert left == set(kept)
+    # a pruned row leaves the backfill with it (backfill_ids has no foreign key to cascade it)
+    assert one(db_url, "SELECT count(*) FROM backfill_ids") == len(kept)
+    members = q(db_url, "SELECT q.key FROM backfill_ids b JOIN sync_queue q ON q.id = b.queue_id")
+    assert {r[0] for r in members} == set(kept)
     # an id that comes back is simply queued again, as a fresh pending row
     with engine.begin() as conn:
         assert queue.enqueue(conn, "wdk", "biz", ["1001", "2005"]) == 1
