@@ -70,11 +70,12 @@ def add(
 
 
 def seal(conn: Connection, backfill_id: int) -> None:
-    """Record how many ids the backfill holds, once all are in."""
+    """Record how many ids the backfill holds, once all are in (memberships whose queue row is
+    gone — deleted by hand: ``backfill_ids`` has no foreign key — are not counted)."""
     conn.execute(
         sa.text(
-            "UPDATE backfills SET ids = "
-            "(SELECT count(*) FROM backfill_ids WHERE backfill_id = :b) WHERE id = :b"
+            "UPDATE backfills SET ids = (SELECT count(*) FROM backfill_ids b "
+            "JOIN sync_queue q ON q.id = b.queue_id WHERE b.backfill_id = :b) WHERE id = :b"
         ),
         {"b": backfill_id},
     )

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from etl.db import backfills, migrate, partitions
 from etl.db import engine as db_engine
-from etl.db import migrate, partitions
 from etl.db.tables import metadata
 from tests.conftest import stop_server
 from tests.helpers import one
@@ -166,8 +166,13 @@ def test_0010_drops_the_backfill_ids_keys_and_the_downgrade_restores_them(
     migrate.upgrade(url)
     assert one(url, keys) == 0
     assert one(url, "SELECT count(*) FROM backfill_ids") == 5  # every membership kept
-    with psycopg.connect(url) as conn:  # rows deleted by hand leave memberships behind
+    with psycopg.connect(url) as conn:  # rows deleted by hand leave memberships behind ...
         conn.execute("DELETE FROM sync_queue WHERE key IN ('4', '5')")
+    engine = sa.create_engine(db_engine.sqlalchemy_url(url), poolclass=sa.NullPool)
+    with engine.begin() as conn:  # ... which a backfill's count leaves out
+        backfills.seal(conn, one(url, "SELECT id FROM backfills"))
+    engine.dispose()
+    assert one(url, "SELECT ids FROM backfills") == 3
 
     migrate.downgrade(url, "0009")
     assert one(url, keys) == 2
