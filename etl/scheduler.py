@@ -5,7 +5,8 @@ a Postgres advisory lock so N workers never run them twice at once.
 
 The drains run in one task of their own that the scheduler only wakes, so a stop never cancels a
 batch in flight: on SIGTERM the drain finishes its batches, or after the grace period (or a second
-signal) it is cancelled and its ids are released untouched.
+signal) it is cancelled and its ids are released untouched. The periodic jobs running at a stop
+are waited for the same way (APScheduler's shutdown alone would cancel them mid-statement).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class Worker:
         self._last_idle_log = time.monotonic()
         self.tmc: TmcConsumer | None = None  # --- TMC (issue 11)
         self.archive_mark = 0  # order_archive ids up to this one were looked at by a prune
+        self._jobs: set[asyncio.Task[Any]] = set()  # the periodic jobs running now
 
     # ------------------------------------------------------------------------------ draining
 
@@ -250,12 +252,22 @@ class Worker:
 
     def _guard(self, job: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         async def guarded() -> None:
+            task = asyncio.current_task()
+            assert task is not None  # APScheduler runs a coroutine job as a task of its own
+            self._jobs.add(task)
             try:
                 await job()
             except errors.EtlError as exc:
                 log.error("%s failed: %s", job.__name__, exc)
             except Exception:
                 log.exception("%s failed", job.__name__)
+            except asyncio.CancelledError:
+                if not self.stop.is_set():
+                    raise
+                # a hard stop (grace period over, or a second signal): one line, no traceback
+                log.warning("%s cut short by the stop", job.__name__)
+            finally:
+                self._jobs.discard(task)
 
         guarded.__name__ = job.__name__
         return guarded
@@ -289,13 +301,22 @@ class Worker:
         try:
             await self.stop.wait()
         finally:
-            scheduler.shutdown(wait=False)  # no new job; the drain task is not the scheduler's
+            scheduler.pause()  # no new job; the drain task is not the scheduler's
             finished, _ = await until_done_or_aborted(
-                asyncio.gather(drains, self._stop_tmc(tmc_task)), self.stopping.abort
+                asyncio.gather(drains, self._stop_tmc(tmc_task), self._jobs_done()),
+                self.stopping.abort,
             )
+            scheduler.shutdown(wait=False)  # cancels the jobs still running (a hard stop only)
             if not finished:
                 await asyncio.to_thread(release_leases, self.engine, self.syncer.worker)
             await self._to_thread(self._save_counters)
+
+    async def _jobs_done(self) -> None:
+        """Wait for the periodic jobs running at the stop: each ends soon once ``stop`` is set (a
+        prune between two batches), and its line is logged. APScheduler's own shutdown would
+        cancel them mid-statement and log the cancellation as an error with a traceback."""
+        while self._jobs:
+            await asyncio.wait(set(self._jobs))
 
     def _save_counters(self) -> None:
         with self.engine.begin() as conn:

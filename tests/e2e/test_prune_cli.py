@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime
 
 import psycopg
+import pytest
 
 from etl.db import partitions
 from etl.simulator.server import SimulatorConfig, SimulatorThread
@@ -98,3 +99,49 @@ def test_the_worker_prunes_and_creates_partitions_ahead(db_url: str) -> None:
     assert worker.returncode == 0, err
     assert "prune: removed sync_queue 0 finished rows" in err
     assert f"created partitions {', '.join(ahead[1:])}" in err
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["graceful", "hard"])
+def test_a_stop_during_a_prune_logs_a_line_not_a_traceback(db_url: str, signals: int) -> None:
+    """SIGTERM while a prune's statement waits for a lock. One signal: the worker does not cancel
+    the job (APScheduler's shutdown would, and log the cancellation as an error with a
+    traceback); the prune ends at its next batch and logs its line. Two: the job is cut short, in
+    one line. Either way the worker exits 0 once the statement ends."""
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND position('DELETE FROM backfill_ids' in query) > 0"
+    )
+    with (
+        SimulatorThread(SimulatorConfig()) as sim,
+        psycopg.connect(db_url) as blocker,  # a transaction: the lock is held until rollback
+    ):
+        blocker.execute("LOCK TABLE backfill_ids IN ACCESS EXCLUSIVE MODE")
+        env = etl_env(db_url, sim.url, log_level="INFO", prune_interval_seconds=3600)
+        worker = subprocess.Popen(
+            etl_cmd("worker"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and one(db_url, waiting) == 0:
+                time.sleep(0.2)
+            assert one(db_url, waiting) == 1  # the prune's delete waits for the lock
+            for _ in range(signals):
+                worker.send_signal(signal.SIGTERM)
+                time.sleep(1.5)
+            assert worker.poll() is None  # the statement still waits (grace period: 30 s)
+            blocker.rollback()
+            _out, err = worker.communicate(timeout=60)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
+    assert worker.returncode == 0, err
+    assert "SIGTERM received: stopping" in err
+    if signals == 1:
+        assert "prune: removed sync_queue 0 finished rows" in err
+        assert "cut short" not in err
+    else:
+        assert "SIGTERM received again: releasing the ids in flight" in err
+        assert "prune cut short by the stop" in err
+    for bad in ("Traceback", "CancelledError", "Error running job"):
+        assert bad not in err, err
