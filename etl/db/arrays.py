@@ -17,11 +17,10 @@ def text_array(values: Iterable[str | None]) -> str:
     """A ``text[]`` literal: every element quoted (a backslash or a double quote escaped),
     None as NULL — exact for any string."""
     items = list(values)
-    nulls = items.count(None)
-    if nulls == len(items):
-        return "{" + ",".join(["NULL"] * nulls) + "}"
-    if not nulls:
-        plain = cast(list[str], items)  # no None: counted just above
+    if not items:
+        return "{}"
+    if None not in items:
+        plain = cast(list[str], items)  # no None: checked just above
         whole = "".join(plain)
         if '"' not in whole and "\\" not in whole:  # the usual case: nothing to escape
             return '{"' + '","'.join(plain) + '"}'
